@@ -1,0 +1,22 @@
+"""The `spotcheck` command line: one typer app; I/O libraries are imported inside commands only."""
+
+from __future__ import annotations
+
+import typer
+
+from spotcheck.cli import offline, platform
+
+app = typer.Typer(
+    name="spotcheck",
+    help="Product-quality supervisory spot checks: draws, samples, lab results, verdicts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+offline.register(app)
+platform.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,39 @@
+"""The project's error hierarchy: every failure the platform names, with a retriable flag."""
+
+from __future__ import annotations
+
+
+class SpotcheckError(Exception):
+    """Base of every error spotcheck raises on purpose."""
+
+    retriable: bool = False
+
+
+class InvalidInput(SpotcheckError):
+    """Input that can never be accepted as it is; `field` names the culprit when known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownSpec(InvalidInput):
+    """A spec id that is not in the catalog."""
+
+
+class UnknownItem(InvalidInput):
+    """A test item code that the spec does not define."""
+
+
+class NotFound(SpotcheckError):
+    """A thing looked up by id that does not exist."""
+
+
+class TransientError(SpotcheckError):
+    """A failure of the broker or the database that may pass if tried again."""
+
+    retriable = True
+
+
+class StoreError(SpotcheckError):
+    """A database failure that retrying will not fix (a constraint, a bad query)."""

@@ -1,0 +1,36 @@
+"""The topic catalog, as data: each topic's name, key, value model and partitioning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spotcheck.events import DeadLetter, Event, LabResult, SamplingTask, Verdict
+from spotcheck.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str  # without the namespace, e.g. "lab-results"
+    key: str  # the field the key is taken from
+    model: type[Event] | None  # None: the value schema is owned by a later part of the platform
+    description: str
+    copartitioned: bool = False  # keyed by task_id with the same partition count as its peers
+
+    def full_name(self, settings: Settings) -> str:
+        return f"{settings.topic_namespace}.{self.name}"
+
+
+TASKS = Topic("tasks", "task_id", SamplingTask, "sampling tasks", copartitioned=True)
+CUSTODY = Topic("custody", "task_id", None, "chain-of-custody steps of a sample", copartitioned=True)
+LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", copartitioned=True)
+VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
+ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")
+DELIVERIES = Topic("deliveries", "center_id", None, "outcomes of pushes to testing centers")
+DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
+
+CATALOG: tuple[Topic, ...] = (TASKS, CUSTODY, LAB_RESULTS, VERDICTS, ACTIONS, DELIVERIES, DEAD_LETTERS)
+
+
+def topic_names(settings: Settings) -> dict[str, str]:
+    """Short name -> full topic name, for every topic of the catalog."""
+    return {t.name: t.full_name(settings) for t in CATALOG}
