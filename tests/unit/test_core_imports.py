@@ -1,0 +1,34 @@
+"""The core imports no broker, database or HTTP library (STYLE.md, habit 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CORE = (
+    "spotcheck.rounding",
+    "spotcheck.specs",
+    "spotcheck.verdict",
+    "spotcheck.events",
+    "spotcheck.topics",
+    "spotcheck.settings",
+    "spotcheck.cli",
+)
+FORBIDDEN = ("aiokafka", "faust", "asyncpg", "aiohttp")
+
+PROBE = f"""
+import importlib, json, sys
+for name in {CORE!r}:
+    importlib.import_module(name)
+loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({FORBIDDEN!r}))
+print(json.dumps(loaded))
+"""
+
+
+def test_core_modules_import_no_io_library() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
