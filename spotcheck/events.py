@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -28,10 +30,8 @@ def _parse_measured(value: Any) -> Decimal:
             parsed = Decimal(text)
         except InvalidOperation:
             raise ValueError(f"{value!r} is not a decimal number") from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        parsed = Decimal(value)
     else:
-        raise ValueError("a measured value must be a decimal string such as \"8.30\"")
+        raise ValueError('a measured value must be a decimal string such as "8.30"')
     if not parsed.is_finite():
         raise ValueError(f"{value!r} is not a finite number")
     return parsed
@@ -44,7 +44,9 @@ Measured = Annotated[
 ]
 """A Decimal read from a string and written back as the same string ("8.30" stays "8.30")."""
 
-Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+Ident = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+]
 
 
 class Event(BaseModel):
@@ -196,6 +198,33 @@ class DeadLetter(Event):
     payload: str
     reason: str
     rejected_at: AwareDatetime
+
+    @classmethod
+    def of(
+        cls,
+        source: str,
+        key: str | bytes | None,
+        payload: bytes | str | None,
+        reason: str,
+        rejected_at: datetime,
+        origin: str = "",
+    ) -> DeadLetter:
+        """A dead letter whose id depends only on where it came from and what it was, so that
+        rejecting the same message twice (a re-delivery) stores it once. `origin` tells apart
+        two messages with the same content (for a topic: partition and offset)."""
+        key_text = payload_text(key) if key is not None else None
+        body = payload_text(payload)
+        digest = hashlib.sha256(
+            "\x1f".join((source, origin, key_text or "", body, reason)).encode()
+        )
+        return cls(
+            letter_id=digest.hexdigest()[:32],
+            source=source,
+            key=key_text,
+            payload=body,
+            reason=reason,
+            rejected_at=rejected_at,
+        )
 
 
 def describe_validation_error(exc: Exception) -> str:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     # Embedded broker (tansu) and HTTP server.
     broker_host: str = "127.0.0.1"
     broker_port: int = 9092
+    embedded_db_port: int = 55432
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     admin_token: SecretStr | None = None

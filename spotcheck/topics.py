@@ -21,14 +21,24 @@ class Topic:
 
 
 TASKS = Topic("tasks", "task_id", SamplingTask, "sampling tasks", copartitioned=True)
-CUSTODY = Topic("custody", "task_id", None, "chain-of-custody steps of a sample", copartitioned=True)
+CUSTODY = Topic(
+    "custody", "task_id", None, "chain-of-custody steps of a sample", copartitioned=True
+)
 LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", copartitioned=True)
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
 ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")
 DELIVERIES = Topic("deliveries", "center_id", None, "outcomes of pushes to testing centers")
 DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
 
-CATALOG: tuple[Topic, ...] = (TASKS, CUSTODY, LAB_RESULTS, VERDICTS, ACTIONS, DELIVERIES, DEAD_LETTERS)
+CATALOG: tuple[Topic, ...] = (
+    TASKS,
+    CUSTODY,
+    LAB_RESULTS,
+    VERDICTS,
+    ACTIONS,
+    DELIVERIES,
+    DEAD_LETTERS,
+)
 
 
 def topic_names(settings: Settings) -> dict[str, str]:

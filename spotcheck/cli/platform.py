@@ -2,8 +2,188 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+
+from spotcheck.settings import Settings
+
+console = Console(stderr=True)
+
+db_app = typer.Typer(help="The PostgreSQL schema.", no_args_is_help=True)
+topics_app = typer.Typer(help="The Kafka topics of the catalog.", no_args_is_help=True)
+task_app = typer.Typer(
+    help="Sampling tasks, through the HTTP API of a running platform.", no_args_is_help=True
+)
+
+
+def _settings() -> Settings:
+    from adapters.runtime import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)
+    return settings
+
+
+def up(
+    demo: Annotated[
+        bool, typer.Option(help="Load demo data and stream simulated lab results.")
+    ] = False,
+) -> None:
+    """Start everything: broker and database (embedded unless configured), migrations, topics,
+    the stream processor, the verdict processor, the store sink and the HTTP API."""
+    from adapters.runtime import up as run_up
+
+    raise typer.Exit(asyncio.run(run_up(_settings(), demo, console)))
+
+
+def run(roles: Annotated[list[str], typer.Argument(help="api, verdicts, sink or streams")]) -> None:
+    """Run one or more workers against a configured broker and database (for deployments)."""
+    from adapters.runtime import ROLES, run_roles, run_streams
+
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        console.print(f"[red]unknown role {unknown[0]!r}; choose from {', '.join(ROLES)}[/]")
+        raise typer.Exit(2)
+    settings = _settings()
+    if "streams" in roles:
+        if len(roles) > 1:
+            console.print("[red]`streams` runs alone: it owns its process[/]")
+            raise typer.Exit(2)
+        run_streams(settings)
+        return
+    raise typer.Exit(asyncio.run(run_roles(settings, tuple(roles), console)))
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the SQL migrations not applied yet (SPOTCHECK_DATABASE_URL)."""
+    from adapters.store import Store
+
+    settings = _settings()
+    if settings.database_url is None:
+        console.print(
+            "[red]set SPOTCHECK_DATABASE_URL (`spotcheck up` migrates the embedded one)[/]"
+        )
+        raise typer.Exit(2)
+
+    async def go() -> list[str]:
+        async with Store(settings.database_url.get_secret_value(), max_size=1) as store:  # type: ignore[union-attr]
+            return await store.migrate()
+
+    applied = asyncio.run(go())
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the topics of the catalog that do not exist yet (SPOTCHECK_KAFKA_BOOTSTRAP)."""
+    from adapters.kafka import create_topics
+
+    settings = _settings()
+    if settings.kafka_bootstrap is None:
+        console.print("[red]set SPOTCHECK_KAFKA_BOOTSTRAP (`spotcheck up` creates them itself)[/]")
+        raise typer.Exit(2)
+    created = asyncio.run(create_topics(settings))
+    console.print(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The topic catalog: names, keys and what they carry."""
+    from spotcheck.topics import CATALOG
+
+    settings = Settings()
+    for topic in CATALOG:
+        typer.echo(f"{topic.full_name(settings):32} key={topic.key:14} {topic.description}")
+
+
+def _api_call(
+    method: str, path: str, body: dict[str, Any] | None, api: str | None, token: str | None
+) -> Any:
+    from adapters.runtime import admin_token
+
+    settings = Settings()
+    base = api or f"http://{settings.http_host}:{settings.http_port}"
+    bearer = token or admin_token(settings)
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        base.rstrip("/") + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            parsed = json.loads(detail)
+            detail = parsed.get("error", detail) + (
+                f" (field: {parsed['field']})" if parsed.get("field") else ""
+            )
+        except (ValueError, AttributeError):
+            pass
+        console.print(f"[red]{exc.code}: {detail}[/]")
+        raise typer.Exit(1 if exc.code >= 500 else 2) from None
+    except urllib.error.URLError as exc:
+        console.print(
+            f"[red]cannot reach the API at {base}: {exc.reason} (is `spotcheck up` running?)[/]"
+        )
+        raise typer.Exit(1) from None
+
+
+ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL (default: the settings')")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="bearer token (default: the admin token)")
+]
+
+
+@task_app.command("create")
+def task_create(
+    enterprise: Annotated[str, typer.Option("--enterprise", help="enterprise id")],
+    product: Annotated[str, typer.Option(help="product name")],
+    spec: Annotated[str, typer.Option(help="spec id, e.g. GB17930-2016:VIB:92")],
+    lab: Annotated[str, typer.Option("--lab", help="lab id")],
+    items: Annotated[
+        str | None, typer.Option(help="comma-separated item codes (default: all)")
+    ] = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create a sampling task by hand; prints the task as JSON."""
+    body: dict[str, Any] = {
+        "enterprise_id": enterprise,
+        "product": product,
+        "spec": spec,
+        "lab_id": lab,
+    }
+    if items:
+        body["items"] = [i.strip() for i in items.split(",") if i.strip()]
+    task = _api_call("POST", "/api/v1/tasks", body, api, token)
+    json.dump(task, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+@task_app.command("show")
+def task_show(task_id: str, api: ApiOpt = None, token: TokenOpt = None) -> None:
+    """A task with its results and verdicts, as JSON."""
+    view = _api_call("GET", f"/api/v1/tasks/{task_id}", None, api, token)
+    json.dump(view, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
 
 
 def register(app: typer.Typer) -> None:
     """Add the platform commands to the main app."""
+    app.command()(up)
+    app.command()(run)
+    app.add_typer(db_app, name="db")
+    app.add_typer(topics_app, name="topics")
+    app.add_typer(task_app, name="task")

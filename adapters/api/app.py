@@ -1,0 +1,229 @@
+"""The HTTP API (aiohttp): validates, publishes and answers; decides nothing itself."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from adapters import kafka
+from adapters.metrics import EVENTS_OUT
+from adapters.store import Store
+from spotcheck.errors import InvalidInput, NotFound, SpotcheckError, TransientError
+from spotcheck.events import Outcome, describe_validation_error
+from spotcheck.settings import Settings
+from spotcheck.tasks import TaskRequest, build_task
+from spotcheck.topics import TASKS
+
+log = structlog.get_logger(__name__)
+
+HEALTHY_WITHIN_SECONDS = 30.0
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class Api:
+    """What the handlers need, built by the composition root and owned by it."""
+
+    settings: Settings
+    store: Store
+    producer: AIOKafkaProducer
+    admin_token: str
+    components: tuple[str, ...]  # workers whose heartbeat /healthz requires
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+API = web.AppKey("api", Api)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in OPEN_PATHS:
+        api = request.app[API]
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return error(401, "missing bearer token (Authorization: Bearer …)")
+        if not hmac.compare_digest(token.encode(), api.admin_token.encode()):
+            return error(403, "token not accepted")
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or None
+        return error(422, describe_validation_error(exc), field)
+    except InvalidInput as exc:
+        return error(422, str(exc), exc.field)
+    except NotFound as exc:
+        return error(404, str(exc))
+    except TransientError as exc:
+        log.warning("dependency unavailable", path=request.path, error=str(exc))
+        return error(503, str(exc))
+    except SpotcheckError as exc:
+        log.exception("request failed", path=request.path)
+        return error(500, str(exc))
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY_BYTES, actual_size=request.content_length
+        )
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+
+
+async def create_task(request: web.Request) -> web.Response:
+    api = request.app[API]
+    body = TaskRequest.model_validate(await read_json(request))
+    number = await api.store.next_task_number()
+    task = build_task(body, number, api.now(), ZoneInfo(api.settings.timezone))
+    topic = TASKS.full_name(api.settings)
+    await kafka.publish(api.producer, topic, [(task.task_id, task.to_json())])
+    EVENTS_OUT.labels(topic).inc()
+    await api.store.save_tasks([task])  # readable at once; the processor's upsert is a no-op
+    log.info("task created", task_id=task.task_id, spec=task.spec, lab_id=task.lab_id)
+    return web.json_response(
+        task.to_dict(), status=201, headers={"Location": f"/api/v1/tasks/{task.task_id}"}
+    )
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    view = await request.app[API].store.task_view(task_id)
+    if view is None:
+        raise NotFound(f"no task {task_id}")
+    return web.json_response(view)
+
+
+def _time_param(query: Any, name: str) -> datetime | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an ISO 8601 time, got {raw!r}", field=name) from None
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{name} must carry a UTC offset, e.g. {raw}+08:00", field=name)
+    return moment
+
+
+def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number", field=name) from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+async def list_verdicts(request: web.Request) -> web.Response:
+    q = request.query
+    unknown = set(q) - {
+        "product",
+        "enterprise_id",
+        "outcome",
+        "spec",
+        "since",
+        "until",
+        "all_versions",
+        "limit",
+        "offset",
+    }
+    if unknown:
+        raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
+    outcome = q.get("outcome")
+    if outcome is not None and outcome not in {o.value for o in Outcome}:
+        raise InvalidInput(
+            f"outcome must be one of {', '.join(o.value for o in Outcome)}", field="outcome"
+        )
+    verdicts = await request.app[API].store.list_verdicts(
+        product=q.get("product"),
+        enterprise_id=q.get("enterprise_id"),
+        outcome=outcome,
+        spec=q.get("spec"),
+        since=_time_param(q, "since"),
+        until=_time_param(q, "until"),
+        all_versions=q.get("all_versions", "false").lower() in {"1", "true", "yes"},
+        limit=_int_param(q, "limit", 100, 1, 1000),
+        offset=_int_param(q, "offset", 0, 0, 10_000_000),
+    )
+    return web.json_response({"verdicts": verdicts, "count": len(verdicts)})
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    letters = await request.app[API].store.dead_letters(
+        source=request.query.get("source"), limit=_int_param(request.query, "limit", 100, 1, 1000)
+    )
+    return web.json_response({"dead_letters": letters, "count": len(letters)})
+
+
+async def pass_rates(request: web.Request) -> web.Response:
+    rates = await request.app[API].store.pass_rates()
+    return web.json_response({"pass_rates": rates})
+
+
+async def health(request: web.Request) -> web.Response:
+    api = request.app[API]
+    checks: dict[str, str] = {}
+    checks["broker"] = "up" if await kafka.broker_reachable(api.producer) else "down"
+    try:
+        await api.store.ping()
+        checks["database"] = "up"
+        live = await api.store.live_components(HEALTHY_WITHIN_SECONDS)
+    except SpotcheckError:
+        checks["database"] = "down"
+        live = set()
+    for component in api.components:
+        checks[component] = "up" if component in live else "down"
+    healthy = all(v == "up" for v in checks.values())
+    return web.json_response(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status=200 if healthy else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest())
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+def create_app(api: Api) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
+    app[API] = api
+    app.router.add_post("/api/v1/tasks", create_task)
+    app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_get("/api/v1/verdicts", list_verdicts)
+    app.router.add_get("/api/v1/dead-letters", list_dead_letters)
+    app.router.add_get("/api/v1/stats/pass-rates", pass_rates)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics)
+    return app

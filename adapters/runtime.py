@@ -1,0 +1,303 @@
+"""The composition root: starts what the settings ask for, in order, and stops it in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from pydantic import SecretStr
+from rich.console import Console
+
+from adapters import kafka
+from adapters.embedded import EmbeddedBroker, EmbeddedPostgres
+from adapters.store import Store
+from spotcheck.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+ROLES = ("api", "verdicts", "sink", "streams")
+WORKER_COMPONENTS = ("verdicts", "store-sink", "streams")  # heartbeats /healthz requires
+
+
+def configure_logging(settings: Settings) -> None:
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("aiokafka", "kafka", "asyncio", "faust", "mode", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if settings.log_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    )
+
+
+def admin_token(settings: Settings, console: Console | None = None) -> str:
+    """The admin token: from the settings, else the one kept in the state folder, else a new one."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.state_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    if console is not None:
+        console.print(f"[bold]admin token generated[/] (kept in {path}): {token}")
+    return token
+
+
+@dataclass
+class Progress:
+    """Readable start-up progress: one line per step with its duration."""
+
+    console: Console
+    started: float = field(default_factory=time.monotonic)
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> AsyncIterator[None]:  # type: ignore[misc]
+        t0 = time.monotonic()
+        with self.console.status(f"{what}…"):
+            yield
+        self.console.print(f"[green]✓[/] {what} [dim]({time.monotonic() - t0:.1f}s)[/]")
+
+
+@asynccontextmanager
+async def infrastructure(
+    settings: Settings, progress: Progress, *, durable: bool = True
+) -> AsyncIterator[Settings]:
+    """Embedded broker and database when none is configured; yields settings that point at them."""
+    updates: dict[str, object] = {}
+    broker: EmbeddedBroker | None = None
+    database: EmbeddedPostgres | None = None
+    try:
+        if settings.embedded_broker:
+            broker = EmbeddedBroker(
+                settings.broker_host,
+                settings.broker_port,
+                settings.state_dir / "logs" / "broker.log",
+            )
+            with progress.step(f"embedded broker on {broker.bootstrap}"):
+                await asyncio.to_thread(broker.start)
+            updates["kafka_bootstrap"] = broker.bootstrap
+        if settings.embedded_database:
+            database = EmbeddedPostgres(
+                settings.state_dir.resolve() / "pgdata", settings.embedded_db_port, durable=durable
+            )
+            with progress.step(f"embedded PostgreSQL on 127.0.0.1:{settings.embedded_db_port}"):
+                await asyncio.to_thread(database.start)
+            updates["database_url"] = SecretStr(database.url)
+        yield settings.model_copy(update=updates)
+    finally:
+        if database is not None:
+            await asyncio.to_thread(database.stop)
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+async def prepare(settings: Settings, progress: Progress) -> None:
+    """Migrations and topics: both idempotent, both done before any worker starts."""
+    with progress.step("database migrations"):
+        async with Store(_db_url(settings), max_size=1) as store:
+            await store.migrate()
+    with progress.step(f"topics ({settings.topic_partitions} partitions)"):
+        await kafka.create_topics(settings)
+
+
+def _db_url(settings: Settings) -> str:
+    if settings.database_url is None:
+        raise RuntimeError("no database configured")
+    return settings.database_url.get_secret_value()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment for a worker process started by `up`: the effective settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        key = f"SPOTCHECK_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        elif isinstance(value, SecretStr):
+            env[key] = value.get_secret_value()
+        else:
+            env[key] = str(value)
+    return env
+
+
+@asynccontextmanager
+async def streams_process(settings: Settings) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """The faust worker as a child process (it owns its event loop and signals)."""
+    log_path = settings.state_dir / "logs" / "streams.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spotcheck", "run", "streams"],
+            env=child_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+@asynccontextmanager
+async def workers(
+    settings: Settings, roles: tuple[str, ...], token: str, demo: bool = False
+) -> AsyncIterator[dict[str, object]]:
+    """The in-process workers (api, verdicts, sink, demo simulator); yields them by name."""
+    from adapters.api.app import Api, create_app
+    from consumers.sink import StoreSink
+    from consumers.verdicts import VerdictProcessor
+
+    started: dict[str, object] = {}
+    async with AsyncExitStack() as stack:
+        store = Store(_db_url(settings), max_size=10)
+        await store.start()
+        stack.push_async_callback(store.stop)
+        producer = kafka.producer(settings)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        if "verdicts" in roles:
+            processor = VerdictProcessor(settings, store, producer)
+            await processor.start()
+            stack.push_async_callback(processor.stop)
+            started["verdicts"] = processor
+        if "sink" in roles:
+            sink = StoreSink(settings, store)
+            await sink.start()
+            stack.push_async_callback(sink.stop)
+            started["sink"] = sink
+        if "api" in roles:
+            app = create_app(Api(settings, store, producer, token, WORKER_COMPONENTS))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, settings.http_host, settings.http_port)
+            await site.start()
+            started["api"] = runner
+        if demo:
+            from producers.simulator import Simulator
+
+            simulator = Simulator(settings, store, producer)
+            await simulator.start()
+            stack.push_async_callback(simulator.stop)
+            started["simulator"] = simulator
+        yield started
+
+
+async def wait_for_signal(extra: Callable[[], bool] = lambda: False) -> str:
+    """Until SIGINT or SIGTERM (or `extra()` turns true); returns what stopped us."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    why: list[str] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: (why.append(s.name), stop.set()))
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if extra():
+                why.append("a worker exited")
+                break
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return why[0] if why else "stopped"
+
+
+async def up(settings: Settings, demo: bool, console: Console) -> int:
+    """`spotcheck up`: everything in one command, embedded services when none are configured."""
+    progress = Progress(console)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    async with infrastructure(settings, progress) as effective:
+        await prepare(effective, progress)
+        token = admin_token(effective, console)
+        async with streams_process(effective) as streams:
+            with progress.step("stream processor (faust worker)"):
+                await asyncio.sleep(0)  # it joins its group in the background
+            roles = ("api", "verdicts", "sink")
+            with progress.step(
+                "verdict processor, store sink"
+                + (", lab simulator" if demo else "")
+                + f" and HTTP API on http://{effective.http_host}:{effective.http_port}"
+            ):
+                stack = workers(effective, roles, token, demo)
+                await stack.__aenter__()
+            try:
+                console.print(
+                    f"[bold green]spotcheck is up[/] in {time.monotonic() - progress.started:.1f}s: "
+                    f"http://{effective.http_host}:{effective.http_port}/healthz — "
+                    f"broker {effective.bootstrap}; logs in {effective.state_dir / 'logs'}. "
+                    "Ctrl-C stops everything."
+                )
+                why = await wait_for_signal(lambda: streams.poll() is not None)
+                console.print(f"stopping ({why})…")
+            finally:
+                await stack.__aexit__(None, None, None)
+        if streams.returncode not in (None, 0, -signal.SIGTERM):
+            console.print(
+                f"[red]the stream processor exited with {streams.returncode}; "
+                f"see {effective.state_dir / 'logs' / 'streams.log'}[/]"
+            )
+    console.print("[bold]spotcheck stopped[/]; nothing left running.")
+    return 0
+
+
+def run_streams(settings: Settings) -> None:
+    """`spotcheck run streams`: the faust worker in this process (blocks until stopped)."""
+    from faust.worker import Worker
+
+    from streams.app import create_app
+
+    app = create_app(settings)
+    Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)
+    Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
+    ).execute_from_commandline()
+
+
+async def run_roles(settings: Settings, roles: tuple[str, ...], console: Console) -> int:
+    """`spotcheck run api|verdicts|sink`: one deployable worker, against configured services."""
+    if settings.embedded_broker or settings.embedded_database:
+        console.print(
+            "[red]`spotcheck run` needs SPOTCHECK_KAFKA_BOOTSTRAP and "
+            "SPOTCHECK_DATABASE_URL; `spotcheck up` starts embedded ones[/]"
+        )
+        return 2
+    token = admin_token(settings) if "api" in roles else ""
+    async with workers(settings, roles, token):
+        console.print(f"running {', '.join(roles)}")
+        await wait_for_signal()
+    return 0

@@ -1,0 +1,57 @@
+"""The store sink: the topics that only need recording (dead letters for now) into PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import structlog
+from aiokafka import ConsumerRecord
+from pydantic import ValidationError
+
+from adapters.store import Store
+from consumers.base import Batch, BatchConsumer
+from spotcheck.events import DeadLetter, describe_validation_error
+from spotcheck.settings import Settings
+from spotcheck.topics import DEAD_LETTERS
+
+log = structlog.get_logger(__name__)
+
+GROUP = "store-sink"
+
+Writer = Callable[[Store, list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
+
+
+async def write_dead_letters(store: Store, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    letters = []
+    for record in records:
+        try:
+            letters.append(DeadLetter.model_validate_json(record.value or b""))
+        except (ValidationError, ValueError) as exc:
+            # Even a malformed dead letter is kept, as a dead letter of the dead-letter topic.
+            letters.append(
+                DeadLetter.of(
+                    record.topic,
+                    record.key,
+                    record.value,
+                    f"invalid dead letter: {describe_validation_error(exc)}",
+                    datetime.now(UTC),
+                    origin=f"{record.partition}@{record.offset}",
+                )
+            )
+    await store.save_dead_letters(letters)
+
+
+class StoreSink(BatchConsumer):
+    """Writes each batch with the writer registered for its topic, then commits."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.writers: dict[str, Writer] = {DEAD_LETTERS.full_name(settings): write_dead_letters}
+        super().__init__(settings, store, GROUP, list(self.writers))
+
+    async def handle(self, batch: Batch) -> None:
+        by_topic: dict[str, list[ConsumerRecord[bytes, bytes]]] = {}
+        for record in batch:
+            by_topic.setdefault(record.topic, []).append(record)
+        for topic, records in by_topic.items():
+            await self.writers[topic](self.store, records)

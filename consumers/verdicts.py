@@ -1,0 +1,262 @@
+"""The verdict processor: tasks and lab results in, verdicts and dead letters out, all stored."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import structlog
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from pydantic import ValidationError
+
+from adapters import kafka
+from adapters.metrics import DEAD_LETTERS, EVENTS_OUT, VERDICT_LATENCY
+from adapters.store import Store
+from consumers.base import Batch, BatchConsumer
+from spotcheck.errors import SpotcheckError
+from spotcheck.events import (
+    DeadLetter,
+    LabResult,
+    SamplingTask,
+    Verdict,
+    describe_validation_error,
+)
+from spotcheck.samples import Rejected, SampleState
+from spotcheck.settings import Settings
+from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
+from spotcheck.topics import LAB_RESULTS, TASKS, VERDICTS
+
+log = structlog.get_logger(__name__)
+
+GROUP = "verdicts"
+
+
+@dataclass
+class _Outcome:
+    """What one batch produced, written out together."""
+
+    tasks: list[SamplingTask] = field(default_factory=list)
+    accepted: list[LabResult] = field(default_factory=list)
+    pending: list[LabResult] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    last_result_ts: dict[str, int] = field(default_factory=dict)  # task_id -> broker ms
+
+
+class VerdictProcessor(BatchConsumer):
+    """Consumes tasks and lab results (co-partitioned by task_id) in one group.
+
+    Per-sample state is cached in memory and rebuilt from PostgreSQL on a miss, so a restart or a
+    rebalance loses nothing. Per batch: decode, apply, judge, publish, store, then commit.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        producer: AIOKafkaProducer,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.names = {
+            t.name: t.full_name(settings)
+            for t in (TASKS, LAB_RESULTS, VERDICTS, DEAD_LETTERS_TOPIC)
+        }
+        super().__init__(settings, store, GROUP, [self.names["tasks"], self.names["lab-results"]])
+        self.producer = producer
+        self.now = now
+        self.zone = ZoneInfo(settings.timezone)
+        self.cache: OrderedDict[str, SampleState] = OrderedDict()
+        self._swept_at = 0.0
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Partitions moved to another member: its state there is rebuilt from the store.
+        self.cache.clear()
+
+    async def handle(self, batch: Batch) -> None:
+        try:
+            out = await self._process(batch)
+        except BaseException:
+            self.cache.clear()  # a half-applied batch must not leave state behind
+            raise
+        await self._emit(out)
+
+    async def _process(self, batch: Batch) -> _Outcome:
+        out = _Outcome()
+        tasks: list[SamplingTask] = []
+        results: list[tuple[LabResult, ConsumerRecord[bytes, bytes]]] = []
+        for record in batch:
+            event = self._decode(record, out)
+            if isinstance(event, SamplingTask):
+                tasks.append(event)
+            elif isinstance(event, LabResult):
+                results.append((event, record))
+
+        wanted = {t.task_id for t in tasks} | {r.task_id for r, _ in results}
+        missing = [tid for tid in wanted if tid not in self.cache]
+        waiting: dict[str, list[LabResult]] = {}
+        touched: dict[str, SampleState] = {}
+        if missing:
+            stored, waiting = await self.store.load_samples(missing)
+            for sample in stored.values():
+                state = SampleState.restore(sample.task, sample.results, sample.last_version)
+                self._adopt(state, waiting, out, touched)
+        for task in tasks:
+            if task.task_id not in self.cache:
+                out.tasks.append(task)
+                self._adopt(SampleState(task=task), waiting, out, touched)
+
+        for result, record in results:
+            state = self.cache.get(result.task_id)
+            if state is None:
+                out.pending.append(result)  # waits for its task for the grace period
+                continue
+            if self._apply(state, result, record, out):
+                touched[result.task_id] = state
+
+        for state in touched.values():
+            try:
+                verdict = state.next_verdict(self.zone, self.now)
+            except SpotcheckError as exc:
+                out.letters.append(
+                    DeadLetter.of(
+                        self.names["tasks"],
+                        state.task.task_id,
+                        state.task.to_json(),
+                        f"cannot judge task {state.task.task_id}: {exc}",
+                        self.now(),
+                    )
+                )
+                continue
+            if verdict is not None:
+                out.verdicts.append(verdict)
+        return out
+
+    def _decode(
+        self, record: ConsumerRecord[bytes, bytes], out: _Outcome
+    ) -> SamplingTask | LabResult | None:
+        model = SamplingTask if record.topic == self.names["tasks"] else LabResult
+        try:
+            if record.value is None:
+                raise ValueError("empty message")
+            return model.model_validate_json(record.value)
+        except (ValidationError, ValueError) as exc:
+            reason = (
+                describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            )
+            out.letters.append(
+                DeadLetter.of(
+                    record.topic,
+                    record.key,
+                    record.value,
+                    f"invalid {model.SCHEMA}: {reason}",
+                    self.now(),
+                    origin=f"{record.partition}@{record.offset}",
+                )
+            )
+            return None
+
+    def _apply(
+        self,
+        state: SampleState,
+        result: LabResult,
+        record: ConsumerRecord[bytes, bytes] | None,
+        out: _Outcome,
+    ) -> bool:
+        try:
+            accepted = state.apply(result)
+        except Rejected as exc:
+            origin = f"{record.partition}@{record.offset}" if record is not None else "pending"
+            out.letters.append(
+                DeadLetter.of(
+                    self.names["lab-results"],
+                    result.task_id,
+                    result.to_json(),
+                    str(exc),
+                    self.now(),
+                    origin=origin,
+                )
+            )
+            return False
+        if accepted:
+            out.accepted.append(result)
+            if record is not None:
+                out.last_result_ts[result.task_id] = record.timestamp
+        return accepted
+
+    def _adopt(
+        self,
+        state: SampleState,
+        waiting: dict[str, list[LabResult]],
+        out: _Outcome,
+        touched: dict[str, SampleState],
+    ) -> None:
+        """Cache a sample and take the results that arrived before its task."""
+        self._remember(state)
+        early = waiting.pop(state.task.task_id, [])
+        for result in early:
+            self._apply(state, result, None, out)
+        if early:
+            touched[state.task.task_id] = state
+
+    def _remember(self, state: SampleState) -> None:
+        self.cache[state.task.task_id] = state
+        self.cache.move_to_end(state.task.task_id)
+        while len(self.cache) > self.settings.sample_cache_size:
+            self.cache.popitem(last=False)
+
+    async def _emit(self, out: _Outcome) -> None:
+        # Publish first: if we die before storing, the replayed batch publishes again (consumers
+        # are idempotent by verdict_id); storing first could lose a verdict for good.
+        await kafka.publish(
+            self.producer, self.names["verdicts"], [(v.task_id, v.to_json()) for v in out.verdicts]
+        )
+        await kafka.publish(
+            self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in out.letters]
+        )
+        await self.store.write_batch(
+            tasks=out.tasks, accepted=out.accepted, pending=out.pending, verdicts=out.verdicts
+        )
+        now_ms = time.time() * 1000
+        for v in out.verdicts:
+            if v.task_id in out.last_result_ts:
+                VERDICT_LATENCY.observe(max(now_ms - out.last_result_ts[v.task_id], 0) / 1000)
+        if out.verdicts:
+            EVENTS_OUT.labels(self.names["verdicts"]).inc(len(out.verdicts))
+        for letter in out.letters:
+            DEAD_LETTERS.labels(letter.source).inc()
+        if out.letters:
+            EVENTS_OUT.labels(self.names["dead-letters"]).inc(len(out.letters))
+            log.info("inputs rejected", count=len(out.letters), first=out.letters[0].reason)
+
+    async def idle(self) -> None:
+        """Results whose task never came within the grace period become dead letters."""
+        now = time.monotonic()
+        if now - self._swept_at < min(5.0, max(self.settings.result_grace_seconds / 2, 0.2)):
+            return
+        self._swept_at = now
+        cutoff = self.now() - timedelta(seconds=self.settings.result_grace_seconds)
+        await self.store.expire_pending(cutoff, self._reject_expired)
+
+    async def _reject_expired(self, expired: list[LabResult]) -> None:
+        letters = [
+            DeadLetter.of(
+                self.names["lab-results"],
+                r.task_id,
+                r.to_json(),
+                f"unknown task {r.task_id}: no such task arrived within "
+                f"{self.settings.result_grace_seconds:g}s",
+                self.now(),
+                origin="expired",
+            )
+            for r in expired
+        ]
+        await kafka.publish(
+            self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in letters]
+        )
+        for letter in letters:
+            DEAD_LETTERS.labels(letter.source).inc()
+        log.info("pending results expired", count=len(letters))

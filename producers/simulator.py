@@ -1,0 +1,165 @@
+"""The lab simulator for demos and benchmarks: tasks over a demo registry and plausible results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from adapters import kafka
+from adapters.store import Store
+from spotcheck.events import LabResult, SamplingTask
+from spotcheck.settings import Settings
+from spotcheck.specs import load_catalog
+from spotcheck.tasks import TaskRequest, build_task
+from spotcheck.topics import LAB_RESULTS, TASKS
+
+log = structlog.get_logger(__name__)
+
+
+def demo_registry() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        resources.files("producers").joinpath("data/demo.json").read_text(encoding="utf-8")
+    )
+    return data
+
+
+def _places(*bounds: Decimal | None) -> int:
+    return max((-b.as_tuple().exponent for b in bounds if b is not None), default=0)  # type: ignore[operator]
+
+
+def plausible_value(
+    low: Decimal | None, high: Decimal | None, fail: bool, rng: random.Random
+) -> Decimal:
+    """A value inside [low, high] (or just outside when `fail`), one digit finer than the limit."""
+    quantum = Decimal(1).scaleb(-(_places(low, high) + 1))
+
+    def pick(a: float, b: float) -> Decimal:
+        return Decimal(str(rng.uniform(a, b))).quantize(quantum)
+
+    if low is not None and high is not None:
+        span = float(high - low)
+        if fail:
+            return (
+                (high + pick(0.02 * span, 0.2 * span))
+                if rng.random() < 0.5
+                else (low - pick(0.02 * span, 0.2 * span))
+            )
+        return low + pick(0.1 * span, 0.9 * span)
+    if high is not None:
+        h = float(high)
+        margin = max(abs(h) * 0.1, 1.0) if h != 0 else 1.0
+        return (
+            pick(h + 0.05 * margin, h + margin)
+            if fail
+            else pick(h - 3 * margin, h - 0.1 * margin)
+            if h <= 0
+            else pick(0.2 * h, 0.9 * h)
+        )
+    if low is not None:
+        lo = float(low)
+        margin = max(abs(lo) * 0.1, 1.0)
+        return (
+            pick(lo - margin, lo - 0.05 * margin)
+            if fail
+            else pick(lo + 0.1 * margin, lo + 2 * margin)
+        )
+    return pick(0, 100)
+
+
+def simulated_results(
+    task: SamplingTask, day: date, fail: bool, rng: random.Random, now: datetime
+) -> list[LabResult]:
+    """One result per planned item; when `fail`, one item (chosen at random) is out of limits."""
+    spec = load_catalog().get(task.spec)
+    failing = rng.choice(task.items) if fail else None
+    results = []
+    for code in task.items:
+        low, high = spec.limit_for(code, day)
+        value = plausible_value(low, high, code == failing, rng)
+        results.append(
+            LabResult(
+                result_id=f"{task.lab_id}-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}",
+                lab_id=task.lab_id,
+                task_id=task.task_id,
+                sample_id=task.sample_id,
+                item=code,
+                value=value,
+                unit=spec.item(code).unit,
+                measured_at=now,
+            )
+        )
+    return results
+
+
+@dataclass
+class Simulator:
+    """Creates demo tasks at `settings.demo_rate` per second and streams their lab results."""
+
+    settings: Settings
+    store: Store
+    producer: AIOKafkaProducer
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._task: asyncio.Task[None] | None = None
+        self.created = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lab-simulator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        registry = demo_registry()
+        zone = ZoneInfo(self.settings.timezone)
+        tasks_topic = TASKS.full_name(self.settings)
+        results_topic = LAB_RESULTS.full_name(self.settings)
+        while True:
+            try:
+                await self._one(registry, zone, tasks_topic, results_topic)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a demo keeps going
+                log.warning("simulator step failed", error=str(exc))
+                await asyncio.sleep(2)
+            await asyncio.sleep(self._rng.expovariate(self.settings.demo_rate))
+
+    async def _one(
+        self, registry: dict[str, Any], zone: ZoneInfo, tasks_topic: str, results_topic: str
+    ) -> None:
+        rng = self._rng
+        enterprise = rng.choice(registry["enterprises"])
+        offers = [o for o in registry["offers"] if enterprise["kind"] in o["kinds"]]
+        offer = rng.choices(offers, weights=[o["weight"] for o in offers])[0]
+        now = datetime.now(UTC)
+        request = TaskRequest(
+            enterprise_id=enterprise["enterprise_id"],
+            product=offer["product"],
+            spec=offer["spec"],
+            lab_id=offer["lab_id"],
+            sampled_at=now,
+        )
+        task = build_task(request, await self.store.next_task_number(), now, zone)
+        await kafka.publish(self.producer, tasks_topic, [(task.task_id, task.to_json())])
+        fail = rng.random() < self.settings.demo_fail_share
+        results = simulated_results(task, now.astimezone(zone).date(), fail, rng, now)
+        await kafka.publish(
+            self.producer, results_topic, [(r.task_id, r.to_json()) for r in results]
+        )
+        self.created += 1
