@@ -45,8 +45,27 @@ def attach(app: faust.App, settings: Settings) -> None:
         key_serializer="raw",
         value_serializer="json",
     )
-    last_outcome = app.Table("last-outcome", default=None)  # task_id -> {product, outcome, version}
+    last_outcome = app.Table("last-outcome")  # task_id -> {product, outcome, version}
     pass_rates = app.Table("pass-rates", default=dict)  # product -> {outcome: count}
+
+    async def dead_letter(event: faust.EventT, reason: str) -> None:
+        message = event.message
+        letter = DeadLetter.of(message.topic, event.key, event.value, reason, datetime.now(UTC),
+                               origin=f"{message.partition}@{message.offset}")
+        await dead_letters.send(key=event.key, value=letter.to_json())
+
+    async def track(verdict: Verdict) -> None:
+        before: dict[str, Any] | None = last_outcome.get(verdict.task_id)
+        if before is not None and before["version"] >= verdict.version:
+            return  # a re-delivery or an older version
+        last_outcome[verdict.task_id] = {
+            "product": verdict.product, "outcome": verdict.outcome.value, "version": verdict.version,
+        }
+        if before is not None:
+            await deltas.send(key=before["product"].encode(),
+                              value={"outcome": before["outcome"], "delta": -1})
+        await deltas.send(key=verdict.product.encode(),
+                          value={"outcome": verdict.outcome.value, "delta": 1})
 
     @app.agent(verdicts)
     async def track_outcomes(stream: faust.StreamT[bytes]) -> None:
@@ -55,32 +74,13 @@ def attach(app: faust.App, settings: Settings) -> None:
             try:
                 verdict = Verdict.from_json(event.value)
             except ValueError as exc:
-                letter = DeadLetter.of(
-                    event.message.topic,
-                    event.key,
-                    event.value,
-                    f"invalid verdict: {describe_validation_error(exc)}",
-                    datetime.now(UTC),
-                    origin=f"{event.message.partition}@{event.message.offset}",
-                )
-                await dead_letters.send(key=event.key, value=letter.to_json())
+                await dead_letter(event, f"invalid verdict: {describe_validation_error(exc)}")
                 continue
-            before: dict[str, Any] | None = last_outcome[verdict.task_id]
-            if before is not None and before["version"] >= verdict.version:
-                continue  # a re-delivery or an older version
-            last_outcome[verdict.task_id] = {
-                "product": verdict.product,
-                "outcome": verdict.outcome.value,
-                "version": verdict.version,
-            }
-            if before is not None:
-                await deltas.send(
-                    key=before["product"].encode(),
-                    value={"outcome": before["outcome"], "delta": -1},
-                )
-            await deltas.send(
-                key=verdict.product.encode(), value={"outcome": verdict.outcome.value, "delta": 1}
-            )
+            try:
+                await track(verdict)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+                log.exception("verdict not tracked", task_id=verdict.task_id)
+                await dead_letter(event, f"monitor failed on this verdict: {exc!r}")
 
     @app.agent(deltas)
     async def count_outcomes(stream: faust.StreamT[dict[str, Any]]) -> None:
