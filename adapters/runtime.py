@@ -51,6 +51,8 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
     )
 
 
@@ -178,6 +180,7 @@ async def workers(
 ) -> AsyncIterator[dict[str, object]]:
     """The in-process workers (api, verdicts, sink, demo simulator); yields them by name."""
     from adapters.api.app import Api, create_app
+    from consumers.base import BatchConsumer
     from consumers.sink import StoreSink
     from consumers.verdicts import VerdictProcessor
 
@@ -189,16 +192,16 @@ async def workers(
         producer = kafka.producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        consumers: list[BatchConsumer] = []
         if "verdicts" in roles:
-            processor = VerdictProcessor(settings, store, producer)
-            await processor.start()
-            stack.push_async_callback(processor.stop)
-            started["verdicts"] = processor
+            consumers.append(VerdictProcessor(settings, store, producer))
+            started["verdicts"] = consumers[-1]
         if "sink" in roles:
-            sink = StoreSink(settings, store)
-            await sink.start()
-            stack.push_async_callback(sink.stop)
-            started["sink"] = sink
+            consumers.append(StoreSink(settings, store))
+            started["sink"] = consumers[-1]
+        await asyncio.gather(*(c.start() for c in consumers))  # they join their groups together
+        for c in consumers:
+            stack.push_async_callback(c.stop)
         if "api" in roles:
             app = create_app(Api(settings, store, producer, token, WORKER_COMPONENTS))
             runner = web.AppRunner(app, access_log=None)

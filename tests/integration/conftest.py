@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from adapters.runtime import workers
 from adapters.store import Store
 from spotcheck.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+from tests.integration.helpers import TOKEN  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +95,29 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     async with Store(settings.database_url.get_secret_value()) as s:
         await s.migrate()
         yield s
+
+
+@pytest.fixture
+async def platform(settings: Settings, store: Store) -> AsyncIterator[dict[str, Any]]:
+    async with workers(settings, ("api", "verdicts", "sink"), TOKEN) as started:
+        await asyncio.wait_for(started["verdicts"].ready.wait(), 30)  # type: ignore[attr-defined]
+        await asyncio.wait_for(started["sink"].ready.wait(), 30)  # type: ignore[attr-defined]
+        yield started
+
+
+@pytest.fixture
+async def http(settings: Settings, platform: dict[str, Any]) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        base_url=f"http://{settings.http_host}:{settings.http_port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as session:
+        yield session
+
+
+@pytest.fixture
+async def lab(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A lab's own plain Kafka client."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, enable_idempotence=False)
+    await producer.start()
+    yield producer
+    await producer.stop()

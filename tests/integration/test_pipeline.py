@@ -4,120 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from adapters.runtime import workers
 from adapters.store import Store
 from spotcheck.settings import Settings
+from tests.integration.helpers import (
+    _at_least,
+    create_task,
+    dead_letters,
+    eventually,
+    result,
+    send,
+    verdict_of,
+)
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "test-admin-token"
-T = TypeVar("T")
-
-GASOLINE_ITEMS = ["ron", "sulfur", "benzene"]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.1)
-
-
-@pytest.fixture
-async def platform(settings: Settings, store: Store) -> AsyncIterator[dict[str, Any]]:
-    async with workers(settings, ("api", "verdicts", "sink"), TOKEN) as started:
-        await asyncio.wait_for(started["verdicts"].ready.wait(), 30)  # type: ignore[attr-defined]
-        await asyncio.wait_for(started["sink"].ready.wait(), 30)  # type: ignore[attr-defined]
-        yield started
-
-
-@pytest.fixture
-async def http(
-    settings: Settings, platform: dict[str, Any]
-) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        base_url=f"http://{settings.http_host}:{settings.http_port}",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-async def lab(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    """A lab's own plain Kafka client."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, enable_idempotence=False)
-    await producer.start()
-    yield producer
-    await producer.stop()
-
-
-async def create_task(http: aiohttp.ClientSession, **overrides: Any) -> dict[str, Any]:
-    body = {
-        "enterprise_id": "91370500MA3C000001",
-        "product": "92# motor gasoline",
-        "spec": "GB17930-2016:VIB:92",
-        "items": GASOLINE_ITEMS,
-        "lab_id": "LAB-1",
-    }
-    body.update(overrides)
-    async with http.post("/api/v1/tasks", json=body) as resp:
-        payload = await resp.json()
-        assert resp.status == 201, payload
-        return payload
-
-
-def result(task: dict[str, Any], item: str, value: str, **overrides: Any) -> dict[str, Any]:
-    body = {
-        "result_id": f"LAB1-{uuid.uuid4().hex[:10]}",
-        "lab_id": task["lab_id"],
-        "task_id": task["task_id"],
-        "sample_id": task["sample_id"],
-        "item": item,
-        "value": value,
-        "unit": None,
-        "method": None,
-        "measured_at": datetime.now(UTC).isoformat(),
-        "amends": None,
-        "reason": None,
-    }
-    body.update(overrides)
-    return body
-
-
-async def send(lab: AIOKafkaProducer, settings: Settings, *bodies: dict[str, Any] | bytes) -> None:
-    topic = f"{settings.topic_namespace}.lab-results"
-    for body in bodies:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        key = None if isinstance(body, bytes) else body["task_id"].encode()
-        await lab.send_and_wait(topic, raw, key=key)
-
-
-async def verdict_of(
-    http: aiohttp.ClientSession, task_id: str, version: int = 1
-) -> dict[str, Any] | None:
-    async with http.get(f"/api/v1/tasks/{task_id}") as resp:
-        view = await resp.json()
-    verdict = view.get("verdict")
-    return view if verdict and verdict["version"] >= version else None
-
-
-async def dead_letters(http: aiohttp.ClientSession) -> list[dict[str, Any]]:
-    async with http.get("/api/v1/dead-letters") as resp:
-        return (await resp.json())["dead_letters"]
 
 
 async def test_results_to_verdict_on_topic_store_and_api(
@@ -181,10 +86,7 @@ async def test_resend_is_harmless_and_correction_makes_a_new_version(
     verdict = second["verdict"]
     assert verdict["outcome"] == "qualified"
     assert verdict["supersedes"] == first["verdict"]["verdict_id"]
-    assert (
-        fix["result_id"] in verdict["result_ids"]
-        and sulfur["result_id"] not in verdict["result_ids"]
-    )
+    assert fix["result_id"] in verdict["result_ids"] and sulfur["result_id"] not in verdict["result_ids"]
     assert [v["version"] for v in second["verdict_history"]] == [1, 2]  # both kept
     assert len(second["results"]) == 4  # the resend was not stored twice
 
@@ -208,11 +110,6 @@ async def test_bad_input_becomes_dead_letters_with_reasons(
     assert "'olefins' is not planned" in reasons
     assert "invalid lab-result/1" in reasons
     assert all(d["source"] == f"{settings.topic_namespace}.lab-results" for d in letters)
-
-
-async def _at_least(coro: Awaitable[list[Any]], n: int) -> list[Any] | None:
-    items = await coro
-    return items if len(items) >= n else None
 
 
 async def test_a_result_waits_for_its_late_task(

@@ -36,9 +36,7 @@ def _wait(probe: Any, timeout: float, what: str, proc: subprocess.Popen[bytes], 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(
-                f"spotcheck up exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
-            )
+            raise AssertionError(f"spotcheck up exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
         value = probe()
         if value:
             return value

@@ -1,0 +1,90 @@
+"""Helpers of the integration tests: polling, task creation, lab results on the topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+
+from spotcheck.settings import Settings
+
+TOKEN = "test-admin-token"
+T = TypeVar("T")
+
+GASOLINE_ITEMS = ["ron", "sulfur", "benzene"]
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:
+    """Poll `probe` until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+async def create_task(http: aiohttp.ClientSession, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "enterprise_id": "91370500MA3C000001",
+        "product": "92# motor gasoline",
+        "spec": "GB17930-2016:VIB:92",
+        "items": GASOLINE_ITEMS,
+        "lab_id": "LAB-1",
+    }
+    body.update(overrides)
+    async with http.post("/api/v1/tasks", json=body) as resp:
+        payload = await resp.json()
+        assert resp.status == 201, payload
+        return payload
+
+
+def result(task: dict[str, Any], item: str, value: str, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "result_id": f"LAB1-{uuid.uuid4().hex[:10]}",
+        "lab_id": task["lab_id"],
+        "task_id": task["task_id"],
+        "sample_id": task["sample_id"],
+        "item": item,
+        "value": value,
+        "unit": None,
+        "method": None,
+        "measured_at": datetime.now(UTC).isoformat(),
+        "amends": None,
+        "reason": None,
+    }
+    body.update(overrides)
+    return body
+
+
+async def send(lab: AIOKafkaProducer, settings: Settings, *bodies: dict[str, Any] | bytes) -> None:
+    topic = f"{settings.topic_namespace}.lab-results"
+    for body in bodies:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        key = None if isinstance(body, bytes) else body["task_id"].encode()
+        await lab.send_and_wait(topic, raw, key=key)
+
+
+async def verdict_of(http: aiohttp.ClientSession, task_id: str, version: int = 1) -> dict[str, Any] | None:
+    async with http.get(f"/api/v1/tasks/{task_id}") as resp:
+        view = await resp.json()
+    verdict = view.get("verdict")
+    return view if verdict and verdict["version"] >= version else None
+
+
+async def dead_letters(http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    async with http.get("/api/v1/dead-letters") as resp:
+        return (await resp.json())["dead_letters"]
+
+
+async def _at_least(coro: Awaitable[list[Any]], n: int) -> list[Any] | None:
+    items = await coro
+    return items if len(items) >= n else None
