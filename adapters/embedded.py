@@ -23,9 +23,7 @@ class EmbeddedStartError(SpotcheckError):
     """An embedded server did not come up; the message says where its log is."""
 
 
-def wait_for_port(
-    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
-) -> None:
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -189,9 +187,7 @@ class EmbeddedPostgres:
                 "postgres",
             )
             if res.returncode != 0:
-                raise EmbeddedStartError(
-                    f"initdb failed: {res.stderr.strip() or res.stdout.strip()}"
-                )
+                raise EmbeddedStartError(f"initdb failed: {res.stderr.strip() or res.stdout.strip()}")
             log.info("embedded database initialised", pgdata=str(self.pgdata))
         if self._pg(self._bin("pg_ctl"), "-D", str(self.pgdata), "status").returncode == 0:
             # A server left behind by a killed run: stop it, so it listens where we say.

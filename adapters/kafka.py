@@ -39,9 +39,7 @@ async def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             if asyncio.get_running_loop().time() > deadline:
                 raise TransientError(f"broker {settings.bootstrap} did not answer") from None
             await asyncio.sleep(0.5)
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000
-            )
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000)
     created = []
     try:
         existing = set(await admin.list_topics())
@@ -78,9 +76,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def consumer(
-    settings: Settings, topics: Sequence[str], group: str, **overrides: Any
-) -> AIOKafkaConsumer:
+def consumer(settings: Settings, topics: Sequence[str], group: str, **overrides: Any) -> AIOKafkaConsumer:
     """A group consumer with manual commits and the settings' session timeouts."""
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
@@ -100,9 +96,7 @@ def consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def publish(
-    prod: AIOKafkaProducer, topic: str, messages: Sequence[tuple[str | None, bytes]]
-) -> None:
+async def publish(prod: AIOKafkaProducer, topic: str, messages: Sequence[tuple[str | None, bytes]]) -> None:
     """Send a batch and wait until the broker has all of it."""
     if not messages:
         return

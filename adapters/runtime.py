@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +80,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
     @contextlib.contextmanager
-    def step(self, what: str) -> AsyncIterator[None]:  # type: ignore[misc]
+    def step(self, what: str) -> Iterator[None]:
         t0 = time.monotonic()
         with self.console.status(f"{what}…"):
             yield
@@ -225,8 +225,13 @@ async def wait_for_signal(extra: Callable[[], bool] = lambda: False) -> str:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     why: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        why.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: (why.append(s.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -283,6 +288,9 @@ def run_streams(settings: Settings) -> None:
     from faust.worker import Worker
 
     from streams.app import create_app
+
+    if settings.embedded_broker or settings.embedded_database:
+        raise SystemExit("`spotcheck run streams` needs SPOTCHECK_KAFKA_BOOTSTRAP and SPOTCHECK_DATABASE_URL")
 
     app = create_app(settings)
     Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)

@@ -101,11 +101,7 @@ class Store:
     async def migrate(self) -> list[str]:
         """Apply the SQL migrations not applied yet, in order; return the names applied."""
         files = sorted(
-            (
-                f
-                for f in resources.files("adapters.migrations").iterdir()
-                if f.name.endswith(".sql")
-            ),
+            (f for f in resources.files("adapters.migrations").iterdir() if f.name.endswith(".sql")),
             key=lambda f: f.name,
         )
         applied: list[str] = []
@@ -122,9 +118,7 @@ class Store:
                         continue
                     async with conn.transaction():
                         await conn.execute(f.read_text())
-                        await conn.execute(
-                            "INSERT INTO schema_migrations (name) VALUES ($1)", f.name
-                        )
+                        await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", f.name)
                     applied.append(f.name)
                     log.info("migration applied", name=f.name)
             finally:
@@ -141,9 +135,7 @@ class Store:
         async with self._conn() as conn:
             return int(await conn.fetchval("SELECT nextval('task_number_seq')"))
 
-    async def save_tasks(
-        self, tasks: Sequence[SamplingTask], conn: asyncpg.Connection | None = None
-    ) -> None:
+    async def save_tasks(self, tasks: Sequence[SamplingTask], conn: asyncpg.Connection | None = None) -> None:
         if not tasks:
             return
         rows = [
@@ -176,9 +168,7 @@ class Store:
 
     async def known_task_ids(self, task_ids: Iterable[str]) -> set[str]:
         async with self._conn() as conn:
-            rows = await conn.fetch(
-                "SELECT task_id FROM tasks WHERE task_id = ANY($1)", list(task_ids)
-            )
+            rows = await conn.fetch("SELECT task_id FROM tasks WHERE task_id = ANY($1)", list(task_ids))
         return {r["task_id"] for r in rows}
 
     # --- the verdict processor's state ------------------------------------------------------
@@ -189,9 +179,7 @@ class Store:
         """Stored samples for these tasks, and the pending results of tasks not stored yet."""
         ids = list(set(task_ids))
         async with self._conn() as conn:
-            tasks = await conn.fetch(
-                "SELECT task_id, payload FROM tasks WHERE task_id = ANY($1)", ids
-            )
+            tasks = await conn.fetch("SELECT task_id, payload FROM tasks WHERE task_id = ANY($1)", ids)
             results = await conn.fetch(
                 "SELECT task_id, state, payload FROM lab_results"
                 " WHERE task_id = ANY($1) AND state IN ('accepted', 'pending') ORDER BY seq",
@@ -308,10 +296,7 @@ class Store:
             await conn.executemany(
                 "INSERT INTO dead_letters (letter_id, source, key, reason, payload, rejected_at)"
                 " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (letter_id) DO NOTHING",
-                [
-                    (d.letter_id, d.source, d.key, d.reason, d.payload, d.rejected_at)
-                    for d in letters
-                ],
+                [(d.letter_id, d.source, d.key, d.reason, d.payload, d.rejected_at) for d in letters],
             )
 
     async def heartbeat(self, component: str, instance: str) -> None:
@@ -326,8 +311,7 @@ class Store:
     async def live_components(self, within_seconds: float) -> set[str]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                "SELECT DISTINCT component FROM heartbeats"
-                " WHERE seen_at > now() - make_interval(secs => $1)",
+                "SELECT DISTINCT component FROM heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
                 within_seconds,
             )
         return {r["component"] for r in rows}
@@ -411,8 +395,7 @@ class Store:
             where.append(f"v.decided_at < ${len(args)}")
         if not all_versions:
             where.append(
-                "NOT EXISTS (SELECT 1 FROM verdicts n WHERE n.task_id = v.task_id"
-                " AND n.version > v.version)"
+                "NOT EXISTS (SELECT 1 FROM verdicts n WHERE n.task_id = v.task_id AND n.version > v.version)"
             )
         args.extend([limit, offset])
         sql = (
@@ -424,9 +407,7 @@ class Store:
             rows = await conn.fetch(sql, *args)
         return [json.loads(r["payload"]) for r in rows]
 
-    async def dead_letters(
-        self, *, source: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    async def dead_letters(self, *, source: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "SELECT letter_id, source, key, reason, payload, rejected_at FROM dead_letters"

@@ -27,7 +27,7 @@ def instance_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, owner: BatchConsumer) -> None:
         self._owner = owner
 
@@ -100,6 +100,7 @@ class BatchConsumer:
         beat = Heartbeat(self.store, self.group, instance_name())
         try:
             while not self._stopping.is_set():
+                await beat.maybe()
                 records = await consumer.getmany(
                     timeout_ms=self.settings.batch_timeout_ms,
                     max_records=self.settings.batch_max_records,
@@ -116,7 +117,6 @@ class BatchConsumer:
                     for tp, part in records.items():
                         EVENTS_IN.labels(tp.topic).inc(len(part))
                 await self._retrying(self.idle)
-                await beat.maybe()
                 await self._record_lag(consumer)
         except Exception:
             log.exception("consumer stopped by an error", group=self.group)
@@ -149,6 +149,4 @@ class BatchConsumer:
             if high is None:
                 continue
             position = await consumer.position(tp)
-            CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
-                max(high - position, 0)
-            )
+            CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(high - position, 0))

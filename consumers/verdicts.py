@@ -62,8 +62,7 @@ class VerdictProcessor(BatchConsumer):
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.names = {
-            t.name: t.full_name(settings)
-            for t in (TASKS, LAB_RESULTS, VERDICTS, DEAD_LETTERS_TOPIC)
+            t.name: t.full_name(settings) for t in (TASKS, LAB_RESULTS, VERDICTS, DEAD_LETTERS_TOPIC)
         }
         super().__init__(settings, store, GROUP, [self.names["tasks"], self.names["lab-results"]])
         self.producer = producer
@@ -110,12 +109,12 @@ class VerdictProcessor(BatchConsumer):
                 self._adopt(SampleState(task=task), waiting, out, touched)
 
         for result, record in results:
-            state = self.cache.get(result.task_id)
-            if state is None:
+            held = self.cache.get(result.task_id)
+            if held is None:
                 out.pending.append(result)  # waits for its task for the grace period
                 continue
-            if self._apply(state, result, record, out):
-                touched[result.task_id] = state
+            if self._apply(held, result, record, out):
+                touched[result.task_id] = held
 
         for state in touched.values():
             try:
@@ -135,18 +134,14 @@ class VerdictProcessor(BatchConsumer):
                 out.verdicts.append(verdict)
         return out
 
-    def _decode(
-        self, record: ConsumerRecord[bytes, bytes], out: _Outcome
-    ) -> SamplingTask | LabResult | None:
+    def _decode(self, record: ConsumerRecord[bytes, bytes], out: _Outcome) -> SamplingTask | LabResult | None:
         model = SamplingTask if record.topic == self.names["tasks"] else LabResult
         try:
             if record.value is None:
                 raise ValueError("empty message")
             return model.model_validate_json(record.value)
         except (ValidationError, ValueError) as exc:
-            reason = (
-                describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            )
+            reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
             out.letters.append(
                 DeadLetter.of(
                     record.topic,

@@ -38,9 +38,7 @@ def _places(*bounds: Decimal | None) -> int:
     return max((-b.as_tuple().exponent for b in bounds if b is not None), default=0)  # type: ignore[operator]
 
 
-def plausible_value(
-    low: Decimal | None, high: Decimal | None, fail: bool, rng: random.Random
-) -> Decimal:
+def plausible_value(low: Decimal | None, high: Decimal | None, fail: bool, rng: random.Random) -> Decimal:
     """A value inside [low, high] (or just outside when `fail`), one digit finer than the limit."""
     quantum = Decimal(1).scaleb(-(_places(low, high) + 1))
 
@@ -69,11 +67,7 @@ def plausible_value(
     if low is not None:
         lo = float(low)
         margin = max(abs(lo) * 0.1, 1.0)
-        return (
-            pick(lo - margin, lo - 0.05 * margin)
-            if fail
-            else pick(lo + 0.1 * margin, lo + 2 * margin)
-        )
+        return pick(lo - margin, lo - 0.05 * margin) if fail else pick(lo + 0.1 * margin, lo + 2 * margin)
     return pick(0, 100)
 
 
@@ -159,7 +153,5 @@ class Simulator:
         await kafka.publish(self.producer, tasks_topic, [(task.task_id, task.to_json())])
         fail = rng.random() < self.settings.demo_fail_share
         results = simulated_results(task, now.astimezone(zone).date(), fail, rng, now)
-        await kafka.publish(
-            self.producer, results_topic, [(r.task_id, r.to_json()) for r in results]
-        )
+        await kafka.publish(self.producer, results_topic, [(r.task_id, r.to_json()) for r in results])
         self.created += 1

@@ -44,9 +44,7 @@ Measured = Annotated[
 ]
 """A Decimal read from a string and written back as the same string ("8.30" stays "8.30")."""
 
-Ident = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-]
+Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
 
 
 class Event(BaseModel):
@@ -214,9 +212,7 @@ class DeadLetter(Event):
         two messages with the same content (for a topic: partition and offset)."""
         key_text = payload_text(key) if key is not None else None
         body = payload_text(payload)
-        digest = hashlib.sha256(
-            "\x1f".join((source, origin, key_text or "", body, reason)).encode()
-        )
+        digest = hashlib.sha256("\x1f".join((source, origin, key_text or "", body, reason)).encode())
         return cls(
             letter_id=digest.hexdigest()[:32],
             source=source,

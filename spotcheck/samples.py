@@ -46,13 +46,10 @@ class SampleState:
                 return False
             raise Rejected(f"result_id {result.result_id} was already received with other content")
         if result.lab_id != task.lab_id:
-            raise Rejected(
-                f"task {task.task_id} is assigned to lab {task.lab_id}, not {result.lab_id}"
-            )
+            raise Rejected(f"task {task.task_id} is assigned to lab {task.lab_id}, not {result.lab_id}")
         if result.sample_id != task.sample_id:
             raise Rejected(
-                f"sample {result.sample_id} is not the sample of task {task.task_id} "
-                f"({task.sample_id})"
+                f"sample {result.sample_id} is not the sample of task {task.task_id} ({task.sample_id})"
             )
         if result.item not in task.items:
             raise Rejected(
@@ -63,8 +60,7 @@ class SampleState:
             target = self.by_id.get(result.amends)
             if target is None:
                 raise Rejected(
-                    f"correction amends {result.amends}, which is not a result of "
-                    f"task {task.task_id}"
+                    f"correction amends {result.amends}, which is not a result of task {task.task_id}"
                 )
             if target.item != result.item:
                 raise Rejected(
@@ -76,8 +72,7 @@ class SampleState:
         elif result.item in self.current:
             held = self.current[result.item].result_id
             raise Rejected(
-                f"item {result.item!r} already has result {held}; "
-                "send a correction with amends and a reason"
+                f"item {result.item!r} already has result {held}; send a correction with amends and a reason"
             )
         self._accept(result)
         return True
@@ -102,9 +97,7 @@ class SampleState:
         values: dict[str, Decimal] = {item: self.current[item].value for item in task.items}
         judged = judge(spec, values, sampling_day(task, zone), plan=task.items)
         units = {item: self.current[item].unit for item in task.items}
-        items = tuple(
-            j.model_copy(update={"unit": j.unit or units.get(j.item)}) for j in judged.items
-        )
+        items = tuple(j.model_copy(update={"unit": j.unit or units.get(j.item)}) for j in judged.items)
         self.version += 1
         self.dirty = False
         used = tuple(self.current[item].result_id for item in task.items)

@@ -21,9 +21,7 @@ class Topic:
 
 
 TASKS = Topic("tasks", "task_id", SamplingTask, "sampling tasks", copartitioned=True)
-CUSTODY = Topic(
-    "custody", "task_id", None, "chain-of-custody steps of a sample", copartitioned=True
-)
+CUSTODY = Topic("custody", "task_id", None, "chain-of-custody steps of a sample", copartitioned=True)
 LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", copartitioned=True)
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
 ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")

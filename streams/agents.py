@@ -36,9 +36,7 @@ def attach(app: faust.App, settings: Settings) -> None:
             await store.stop()
 
     verdicts = app.topic(VERDICTS.full_name(settings), key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(
-        DEAD_LETTERS.full_name(settings), key_serializer="raw", value_serializer="raw"
-    )
+    dead_letters = app.topic(DEAD_LETTERS.full_name(settings), key_serializer="raw", value_serializer="raw")
     deltas = app.topic(
         f"{settings.topic_namespace}-streams-outcome-deltas",
         internal=True,
@@ -50,8 +48,14 @@ def attach(app: faust.App, settings: Settings) -> None:
 
     async def dead_letter(event: faust.EventT, reason: str) -> None:
         message = event.message
-        letter = DeadLetter.of(message.topic, event.key, event.value, reason, datetime.now(UTC),
-                               origin=f"{message.partition}@{message.offset}")
+        letter = DeadLetter.of(
+            message.topic,
+            event.key,
+            event.value,
+            reason,
+            datetime.now(UTC),
+            origin=f"{message.partition}@{message.offset}",
+        )
         await dead_letters.send(key=event.key, value=letter.to_json())
 
     async def track(verdict: Verdict) -> None:
@@ -59,13 +63,15 @@ def attach(app: faust.App, settings: Settings) -> None:
         if before is not None and before["version"] >= verdict.version:
             return  # a re-delivery or an older version
         last_outcome[verdict.task_id] = {
-            "product": verdict.product, "outcome": verdict.outcome.value, "version": verdict.version,
+            "product": verdict.product,
+            "outcome": verdict.outcome.value,
+            "version": verdict.version,
         }
         if before is not None:
-            await deltas.send(key=before["product"].encode(),
-                              value={"outcome": before["outcome"], "delta": -1})
-        await deltas.send(key=verdict.product.encode(),
-                          value={"outcome": verdict.outcome.value, "delta": 1})
+            await deltas.send(
+                key=before["product"].encode(), value={"outcome": before["outcome"], "delta": -1}
+            )
+        await deltas.send(key=verdict.product.encode(), value={"outcome": verdict.outcome.value, "delta": 1})
 
     @app.agent(verdicts)
     async def track_outcomes(stream: faust.StreamT[bytes]) -> None:

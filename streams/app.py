@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from spotcheck.settings import Settings
@@ -9,7 +11,7 @@ from spotcheck.settings import Settings
 
 def create_app(settings: Settings) -> faust.App:
     """The stream processor's app; agents, tables and timers are attached by `streams.agents`."""
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if settings.single_record_batches:
         # tansu answers a wrong high watermark for multi-record batches, which makes table
         # recovery drop a changelog's tail: one record per batch keeps it right.

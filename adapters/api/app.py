@@ -45,7 +45,7 @@ class Api:
 
 API = web.AppKey("api", Api)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -85,9 +85,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 
 async def read_json(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=MAX_BODY_BYTES, actual_size=request.content_length
-        )
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     raw = await request.read()
     try:
         return json.loads(raw)
@@ -161,9 +159,7 @@ async def list_verdicts(request: web.Request) -> web.Response:
         raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
     outcome = q.get("outcome")
     if outcome is not None and outcome not in {o.value for o in Outcome}:
-        raise InvalidInput(
-            f"outcome must be one of {', '.join(o.value for o in Outcome)}", field="outcome"
-        )
+        raise InvalidInput(f"outcome must be one of {', '.join(o.value for o in Outcome)}", field="outcome")
     verdicts = await request.app[API].store.list_verdicts(
         product=q.get("product"),
         enterprise_id=q.get("enterprise_id"),
@@ -190,24 +186,34 @@ async def pass_rates(request: web.Request) -> web.Response:
     return web.json_response({"pass_rates": rates})
 
 
-async def health(request: web.Request) -> web.Response:
-    api = request.app[API]
+async def _checks(api: Api, components: tuple[str, ...]) -> web.Response:
     checks: dict[str, str] = {}
     checks["broker"] = "up" if await kafka.broker_reachable(api.producer) else "down"
+    live: set[str] = set()
     try:
         await api.store.ping()
         checks["database"] = "up"
-        live = await api.store.live_components(HEALTHY_WITHIN_SECONDS)
+        if components:
+            live = await api.store.live_components(HEALTHY_WITHIN_SECONDS)
     except SpotcheckError:
         checks["database"] = "down"
-        live = set()
-    for component in api.components:
+    for component in components:
         checks[component] = "up" if component in live else "down"
     healthy = all(v == "up" for v in checks.values())
     return web.json_response(
-        {"status": "ok" if healthy else "unavailable", "checks": checks},
-        status=200 if healthy else 503,
+        {"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503
     )
+
+
+async def health(request: web.Request) -> web.Response:
+    """The whole platform: broker, database and every worker's heartbeat."""
+    api = request.app[API]
+    return await _checks(api, api.components)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """This API process can serve: broker and database reachable (for load-balancer readiness)."""
+    return await _checks(request.app[API], ())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -225,5 +231,6 @@ def create_app(api: Api) -> web.Application:
     app.router.add_get("/api/v1/dead-letters", list_dead_letters)
     app.router.add_get("/api/v1/stats/pass-rates", pass_rates)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
     return app

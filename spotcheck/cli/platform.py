@@ -32,9 +32,7 @@ def _settings() -> Settings:
 
 
 def up(
-    demo: Annotated[
-        bool, typer.Option(help="Load demo data and stream simulated lab results.")
-    ] = False,
+    demo: Annotated[bool, typer.Option(help="Load demo data and stream simulated lab results.")] = False,
 ) -> None:
     """Start everything: broker and database (embedded unless configured), migrations, topics,
     the stream processor, the verdict processor, the store sink and the HTTP API."""
@@ -68,9 +66,7 @@ def db_migrate() -> None:
 
     settings = _settings()
     if settings.database_url is None:
-        console.print(
-            "[red]set SPOTCHECK_DATABASE_URL (`spotcheck up` migrates the embedded one)[/]"
-        )
+        console.print("[red]set SPOTCHECK_DATABASE_URL (`spotcheck up` migrates the embedded one)[/]")
         raise typer.Exit(2)
 
     async def go() -> list[str]:
@@ -104,9 +100,7 @@ def topics_list() -> None:
         typer.echo(f"{topic.full_name(settings):32} key={topic.key:14} {topic.description}")
 
 
-def _api_call(
-    method: str, path: str, body: dict[str, Any] | None, api: str | None, token: str | None
-) -> Any:
+def _api_call(method: str, path: str, body: dict[str, Any] | None, api: str | None, token: str | None) -> Any:
     from adapters.runtime import admin_token
 
     settings = Settings()
@@ -134,16 +128,12 @@ def _api_call(
         console.print(f"[red]{exc.code}: {detail}[/]")
         raise typer.Exit(1 if exc.code >= 500 else 2) from None
     except urllib.error.URLError as exc:
-        console.print(
-            f"[red]cannot reach the API at {base}: {exc.reason} (is `spotcheck up` running?)[/]"
-        )
+        console.print(f"[red]cannot reach the API at {base}: {exc.reason} (is `spotcheck up` running?)[/]")
         raise typer.Exit(1) from None
 
 
 ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL (default: the settings')")]
-TokenOpt = Annotated[
-    str | None, typer.Option("--token", help="bearer token (default: the admin token)")
-]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="bearer token (default: the admin token)")]
 
 
 @task_app.command("create")
@@ -152,9 +142,7 @@ def task_create(
     product: Annotated[str, typer.Option(help="product name")],
     spec: Annotated[str, typer.Option(help="spec id, e.g. GB17930-2016:VIB:92")],
     lab: Annotated[str, typer.Option("--lab", help="lab id")],
-    items: Annotated[
-        str | None, typer.Option(help="comma-separated item codes (default: all)")
-    ] = None,
+    items: Annotated[str | None, typer.Option(help="comma-separated item codes (default: all)")] = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:

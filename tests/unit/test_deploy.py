@@ -477,7 +477,7 @@ def test_k8s_workloads_are_the_expected_kinds_and_sizes() -> None:
 def test_k8s_api_probes() -> None:
     (api,) = (c for _w, c in k8s_containers() if k8s_invocation_or_none(c) == ("run", "api"))
     readiness = api["readinessProbe"]
-    assert readiness["httpGet"]["path"] == "/healthz"
+    assert readiness["httpGet"]["path"] == "/readyz"  # workers' health must not drain the API
     liveness = api["livenessProbe"]
     # /healthz fails while Kafka is down; restarting the API would not help.
     lenient = "tcpSocket" in liveness or liveness.get("failureThreshold", 3) >= 10
