@@ -53,6 +53,29 @@ def _json(model: SamplingTask | LabResult | Verdict) -> str:
     return model.model_dump_json(by_alias=True)
 
 
+async def _bulk_insert(
+    conn: asyncpg.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    on_conflict: str,
+) -> None:
+    """Many rows in two round trips: COPY into a staging table, then one INSERT … SELECT that
+    keeps their order and resolves conflicts (must run inside a transaction)."""
+    if not rows:
+        return
+    cols = ", ".join(columns)
+    stage = f"stage_{table}"
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS"
+        f" SELECT {cols}, 0::bigint AS ord FROM {table} WITH NO DATA"
+    )
+    await conn.copy_records_to_table(
+        stage, records=[(*row, n) for n, row in enumerate(rows)], columns=(*columns, "ord")
+    )
+    await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ORDER BY ord {on_conflict}")
+
+
 class Store:
     """One asyncpg pool; every query of the platform goes through here."""
 
@@ -216,52 +239,62 @@ class Store:
         """One transaction for a processed batch; re-running it changes nothing."""
         async with self._conn() as conn, conn.transaction():
             await self.save_tasks(tasks, conn)
-            for state, results in (("pending", pending), ("accepted", accepted)):
-                if not results:
-                    continue
-                await conn.executemany(
-                    "INSERT INTO lab_results (result_id, task_id, lab_id, item, value, unit, amends,"
-                    " state, payload) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::jsonb)"
-                    " ON CONFLICT (result_id) DO UPDATE SET state = EXCLUDED.state"
-                    " WHERE lab_results.state = 'pending'",
-                    [
-                        (
-                            r.result_id,
-                            r.task_id,
-                            r.lab_id,
-                            r.item,
-                            str(r.value),
-                            r.unit,
-                            r.amends,
-                            state,
-                            _json(r),
-                        )
-                        for r in results
-                    ],
-                )
-            if verdicts:
-                await conn.executemany(
-                    "INSERT INTO verdicts (verdict_id, task_id, version, supersedes, outcome, spec,"
-                    " enterprise_id, product, lab_id, decided_at, payload)"
-                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11::jsonb)"
-                    " ON CONFLICT (verdict_id) DO NOTHING",
-                    [
-                        (
-                            v.verdict_id,
-                            v.task_id,
-                            v.version,
-                            v.supersedes,
-                            v.outcome.value,
-                            v.spec,
-                            v.enterprise_id,
-                            v.product,
-                            v.lab_id,
-                            v.decided_at,
-                            _json(v),
-                        )
-                        for v in verdicts
-                    ],
-                )
+            results = [("pending", r) for r in pending] + [("accepted", r) for r in accepted]
+            await _bulk_insert(
+                conn,
+                "lab_results",
+                ("result_id", "task_id", "lab_id", "item", "value", "unit", "amends", "state", "payload"),
+                [
+                    (
+                        r.result_id,
+                        r.task_id,
+                        r.lab_id,
+                        r.item,
+                        str(r.value),
+                        r.unit,
+                        r.amends,
+                        state,
+                        _json(r),
+                    )
+                    for state, r in results
+                ],
+                "ON CONFLICT (result_id) DO UPDATE SET state = EXCLUDED.state"
+                " WHERE lab_results.state = 'pending'",
+            )
+            await _bulk_insert(
+                conn,
+                "verdicts",
+                (
+                    "verdict_id",
+                    "task_id",
+                    "version",
+                    "supersedes",
+                    "outcome",
+                    "spec",
+                    "enterprise_id",
+                    "product",
+                    "lab_id",
+                    "decided_at",
+                    "payload",
+                ),
+                [
+                    (
+                        v.verdict_id,
+                        v.task_id,
+                        v.version,
+                        v.supersedes,
+                        v.outcome.value,
+                        v.spec,
+                        v.enterprise_id,
+                        v.product,
+                        v.lab_id,
+                        v.decided_at,
+                        _json(v),
+                    )
+                    for v in verdicts
+                ],
+                "ON CONFLICT (verdict_id) DO NOTHING",
+            )
 
     async def expire_pending(
         self,
@@ -406,6 +439,10 @@ class Store:
         async with self._conn() as conn:
             rows = await conn.fetch(sql, *args)
         return [json.loads(r["payload"]) for r in rows]
+
+    async def verdict_count(self) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM verdicts"))
 
     async def dead_letters(self, *, source: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         async with self._conn() as conn:

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    field_validator,
     model_validator,
 )
 
@@ -53,16 +54,18 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
     SCHEMA: ClassVar[str]
 
-    schema_: str = Field(default="", alias="schema")
+    schema_: str = Field(default="", alias="schema", validate_default=True)
 
-    @model_validator(mode="after")
-    def _check_schema(self) -> Self:
-        expected = type(self).SCHEMA
-        if not self.schema_:
-            object.__setattr__(self, "schema_", expected)
-        elif self.schema_.split("/")[0] != expected.split("/")[0]:
-            raise ValueError(f"schema {self.schema_!r} is not {expected!r}")
-        return self
+    @field_validator("schema_")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        """Absent: this model's schema. Present: the same name (any version may be read)."""
+        expected = cls.SCHEMA
+        if not value:
+            return expected
+        if value.partition("/")[0] != expected.partition("/")[0]:
+            raise ValueError(f"schema {value!r} is not {expected!r}")
+        return value
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -96,8 +96,12 @@ class SampleState:
         spec = load_catalog().get(task.spec)
         values: dict[str, Decimal] = {item: self.current[item].value for item in task.items}
         judged = judge(spec, values, sampling_day(task, zone), plan=task.items)
-        units = {item: self.current[item].unit for item in task.items}
-        items = tuple(j.model_copy(update={"unit": j.unit or units.get(j.item)}) for j in judged.items)
+        items = tuple(
+            j
+            if j.unit or not self.current[j.item].unit
+            else j.model_copy(update={"unit": self.current[j.item].unit})
+            for j in judged.items
+        )
         self.version += 1
         self.dirty = False
         used = tuple(self.current[item].result_id for item in task.items)

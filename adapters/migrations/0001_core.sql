@@ -22,7 +22,7 @@ CREATE INDEX tasks_created_idx ON tasks (created_at);
 
 -- state: accepted (part of the sample), pending (its task not seen yet), rejected (grace ran out)
 CREATE TABLE lab_results (
-    seq            bigserial UNIQUE,
+    seq            bigserial,
     result_id      text PRIMARY KEY,
     task_id        text NOT NULL,
     lab_id         text NOT NULL,
@@ -31,7 +31,7 @@ CREATE TABLE lab_results (
     unit           text,
     amends         text,
     state          text NOT NULL CHECK (state IN ('accepted', 'pending', 'rejected')),
-    payload        jsonb NOT NULL,
+    payload        json NOT NULL,
     received_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX lab_results_task_idx ON lab_results (task_id, seq);

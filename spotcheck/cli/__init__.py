@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from spotcheck.cli import offline, platform
+from spotcheck.cli.bench import bench_app
 
 app = typer.Typer(
     name="spotcheck",
@@ -16,6 +17,7 @@ app = typer.Typer(
 
 offline.register(app)
 platform.register(app)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

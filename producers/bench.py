@@ -1,0 +1,204 @@
+"""Benchmarks: the verdict pipeline against a bare aiokafka passthrough, and verdict latency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+
+from adapters import kafka
+from adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from adapters.store import Store
+from consumers.verdicts import VerdictProcessor
+from producers.simulator import demo_registry, simulated_results
+from spotcheck.events import LabResult, SamplingTask
+from spotcheck.settings import Settings
+from spotcheck.tasks import TaskRequest, build_task
+from spotcheck.topics import LAB_RESULTS, TASKS, VERDICTS
+
+
+@dataclass(frozen=True)
+class Workload:
+    tasks: list[SamplingTask]
+    results: list[LabResult]
+
+
+def workload(samples: int, fail_share: float, zone: ZoneInfo, seed: int = 7) -> Workload:
+    """`samples` demo tasks and one result per planned item (realistic sizes, ~250 bytes each)."""
+    rng = random.Random(seed)
+    registry = demo_registry()
+    now = datetime.now(UTC)
+    tasks, results = [], []
+    for n in range(1, samples + 1):
+        offer = rng.choice(registry["offers"])
+        request = TaskRequest(
+            enterprise_id=rng.choice(registry["enterprises"])["enterprise_id"],
+            product=offer["product"],
+            spec=offer["spec"],
+            lab_id=offer["lab_id"],
+            sampled_at=now,
+        )
+        task = build_task(request, 500_000 + n, now, zone)
+        tasks.append(task)
+        results.extend(
+            simulated_results(task, now.astimezone(zone).date(), rng.random() < fail_share, rng, now)
+        )
+    return Workload(tasks, results)
+
+
+@asynccontextmanager
+async def bench_stack(settings: Settings, state: Path) -> AsyncIterator[Settings]:
+    """Fresh topics (and an embedded broker and database unless configured) for one run."""
+    broker = pg = None
+    updates: dict[str, object] = {
+        "topic_namespace": f"bench{uuid.uuid4().hex[:8]}",
+        "session_timeout_ms": 6000,
+        "rebalance_timeout_ms": 3000,
+        "heartbeat_interval_ms": 500,
+    }
+    try:
+        if settings.embedded_broker:
+            broker = EmbeddedBroker("127.0.0.1", free_port(), state / "broker.log")
+            broker.start()
+            updates["kafka_bootstrap"] = broker.bootstrap
+        if settings.embedded_database:
+            pg = EmbeddedPostgres(state / "pgdata", free_port(), durable=False)
+            pg.start()
+            updates["database_url"] = SecretStr(pg.url)
+        effective = settings.model_copy(update=updates)
+        await kafka.create_topics(effective)
+        yield effective
+    finally:
+        if pg is not None:
+            pg.stop()
+        if broker is not None:
+            broker.stop()
+
+
+async def _produce(settings: Settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for i in range(0, len(messages), 5000):
+            await kafka.publish(producer, topic, messages[i : i + 5000])
+    finally:
+        await producer.stop()
+
+
+async def passthrough(settings: Settings, results: list[LabResult]) -> float:
+    """Messages per second of a bare consume -> json decode -> produce loop over the same messages."""
+    source, sink = f"{settings.topic_namespace}.bench-in", f"{settings.topic_namespace}.bench-out"
+    await _produce(settings, source, [(r.task_id, r.to_json()) for r in results])
+    consumer = kafka.consumer(
+        settings, [source], f"bench-pass-{uuid.uuid4().hex[:6]}", max_poll_records=settings.batch_max_records
+    )
+    producer = kafka.producer(settings)
+    await consumer.start()
+    await producer.start()
+    try:
+        seen = 0
+        started: float | None = None
+        while seen < len(results):
+            batch = await consumer.getmany(timeout_ms=200, max_records=settings.batch_max_records)
+            records = [r for part in batch.values() for r in part]
+            if not records:
+                continue
+            started = started or time.perf_counter()
+            out = [
+                (r.key.decode() if r.key else None, json.dumps(json.loads(r.value)).encode())
+                for r in records
+                if r.value is not None
+            ]
+            await kafka.publish(producer, sink, out)
+            await consumer.commit()
+            seen += len(records)
+        return len(results) / (time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def pipeline(settings: Settings, load: Workload) -> tuple[float, int]:
+    """Results per second through the verdict processor (judged, published, stored, committed)."""
+    await _produce(settings, TASKS.full_name(settings), [(t.task_id, t.to_json()) for t in load.tasks])
+    await _produce(
+        settings, LAB_RESULTS.full_name(settings), [(r.task_id, r.to_json()) for r in load.results]
+    )
+    assert settings.database_url is not None
+    async with Store(settings.database_url.get_secret_value()) as store:
+        await store.migrate()
+        producer = kafka.producer(settings)
+        await producer.start()
+        processor = VerdictProcessor(settings, store, producer)
+        await processor.start()
+        try:
+            await processor.ready.wait()
+            joined = time.perf_counter()
+            while await store.verdict_count() < len(load.tasks):  # noqa: ASYNC110 - polls the database
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - joined
+        finally:
+            await processor.stop()
+            await producer.stop()
+    return len(load.results) / elapsed, len(load.tasks)
+
+
+async def latency(settings: Settings, samples: int) -> list[float]:
+    """Seconds from the broker's receipt of a sample's last result to its verdict on the topic."""
+    assert settings.database_url is not None
+    zone = ZoneInfo(settings.timezone)
+    load = workload(samples, 0.1, zone, seed=11)
+    async with Store(settings.database_url.get_secret_value()) as store:
+        await store.migrate()
+        producer = kafka.producer(settings, linger_ms=0)
+        await producer.start()
+        processor = VerdictProcessor(settings, store, producer)
+        await processor.start()
+        watcher = AIOKafkaConsumer(
+            VERDICTS.full_name(settings), bootstrap_servers=settings.bootstrap, auto_offset_reset="latest"
+        )
+        await watcher.start()
+        try:
+            await processor.ready.wait()
+            await watcher.seek_to_end()
+            found = []
+            by_task: dict[str, list[LabResult]] = {}
+            for r in load.results:
+                by_task.setdefault(r.task_id, []).append(r)
+            for task in load.tasks:
+                await kafka.publish(producer, TASKS.full_name(settings), [(task.task_id, task.to_json())])
+                *first, last = by_task[task.task_id]
+                await kafka.publish(
+                    producer, LAB_RESULTS.full_name(settings), [(r.task_id, r.to_json()) for r in first]
+                )
+                meta = await (
+                    await producer.send(
+                        LAB_RESULTS.full_name(settings), last.to_json(), key=last.task_id.encode()
+                    )
+                )
+                sent_ms = meta.timestamp
+                message = await asyncio.wait_for(watcher.getone(), 30)
+                found.append((message.timestamp - sent_ms) / 1000)
+            return found
+        finally:
+            await watcher.stop()
+            await processor.stop()
+            await producer.stop()
+
+
+def summary(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, n={len(ordered)}"

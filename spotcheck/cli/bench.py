@@ -1,0 +1,73 @@
+"""`spotcheck bench`: throughput and latency measurements, printed as the lines BENCHMARKS.md quotes."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+
+bench_app = typer.Typer(
+    help="Benchmarks on an embedded (or the configured) broker and database.", no_args_is_help=True
+)
+
+
+@bench_app.command("pipeline")
+def pipeline(
+    samples: Annotated[int, typer.Option(help="samples per run (each has all items of its spec)")] = 5000,
+    runs: Annotated[int, typer.Option(help="runs; medians are reported")] = 3,
+) -> None:
+    """Lab results per second through the verdict processor vs. a bare aiokafka passthrough."""
+    from adapters.runtime import configure_logging
+    from producers import bench
+    from spotcheck.settings import Settings
+
+    settings = Settings(log_level="WARNING")
+    configure_logging(settings)
+    load = bench.workload(samples, 0.1, ZoneInfo(settings.timezone))
+
+    async def one(folder: Path) -> tuple[float, float]:
+        async with bench.bench_stack(settings, folder) as s:
+            bare = await bench.passthrough(s, load.results)
+            through, _ = await bench.pipeline(s, load)
+            return bare, through
+
+    bares, throughs = [], []
+    for n in range(runs):
+        with tempfile.TemporaryDirectory(prefix="spotcheck-bench-") as folder:
+            bare, through = asyncio.run(one(Path(folder)))
+        bares.append(bare)
+        throughs.append(through)
+        typer.echo(
+            f"run {n + 1}: passthrough {bare:,.0f} msg/s, pipeline {through:,.0f} results/s "
+            f"(ratio {through / bare:.2f})"
+        )
+    typer.echo(
+        f"{len(load.results):,} lab results of {samples:,} samples per run, {runs} runs: "
+        f"passthrough median {statistics.median(bares):,.0f} msg/s, pipeline median "
+        f"{statistics.median(throughs):,.0f} results/s, median ratio "
+        f"{statistics.median(t / b for t, b in zip(throughs, bares, strict=True)):.2f}"
+    )
+
+
+@bench_app.command("latency")
+def latency(samples: Annotated[int, typer.Option(help="samples sent one after another")] = 200) -> None:
+    """Time from a sample's last result reaching the broker to its verdict on the topic."""
+    from adapters.runtime import configure_logging
+    from producers import bench
+    from spotcheck.settings import Settings
+
+    settings = Settings(log_level="WARNING")
+    configure_logging(settings)
+
+    async def one(folder: Path) -> list[float]:
+        async with bench.bench_stack(settings, folder) as s:
+            return await bench.latency(s, samples)
+
+    with tempfile.TemporaryDirectory(prefix="spotcheck-bench-") as folder:
+        found = asyncio.run(one(Path(folder)))
+    typer.echo(f"last result -> verdict on the topic: {bench.summary(found)}")
