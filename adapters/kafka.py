@@ -91,6 +91,7 @@ def consumer(settings: Settings, topics: Sequence[str], group: str, **overrides:
         # co-partitioned topics (tasks, custody, lab-results) land on the same member
         "partition_assignment_strategy": (RangePartitionAssignor,),
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_wait_ms": 100,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

@@ -245,6 +245,23 @@ async def wait_for_signal(extra: Callable[[], bool] = lambda: False) -> str:
     return why[0] if why else "stopped"
 
 
+async def _await_heartbeat(
+    settings: Settings, component: str, proc: subprocess.Popen[bytes], timeout: float = 120.0
+) -> None:
+    """Until `component` has written its heartbeat (it is running), or its process died."""
+    deadline = time.monotonic() + timeout
+    async with Store(_db_url(settings), max_size=1) as store:
+        while component not in await store.live_components(30):
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{component} exited with code {proc.returncode}; "
+                    f"see {settings.state_dir / 'logs' / f'{component}.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{component} did not start within {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+
 async def up(settings: Settings, demo: bool, console: Console) -> int:
     """`spotcheck up`: everything in one command, embedded services when none are configured."""
     progress = Progress(console)
@@ -252,28 +269,24 @@ async def up(settings: Settings, demo: bool, console: Console) -> int:
     async with infrastructure(settings, progress) as effective:
         await prepare(effective, progress)
         token = admin_token(effective, console)
-        async with streams_process(effective) as streams:
-            with progress.step("stream processor (faust worker)"):
-                await asyncio.sleep(0)  # it joins its group in the background
+        async with streams_process(effective) as streams, AsyncExitStack() as stack:
             roles = ("api", "verdicts", "sink")
             with progress.step(
                 "verdict processor, store sink"
                 + (", lab simulator" if demo else "")
                 + f" and HTTP API on http://{effective.http_host}:{effective.http_port}"
             ):
-                stack = workers(effective, roles, token, demo)
-                await stack.__aenter__()
-            try:
-                console.print(
-                    f"[bold green]spotcheck is up[/] in {time.monotonic() - progress.started:.1f}s: "
-                    f"http://{effective.http_host}:{effective.http_port}/healthz — "
-                    f"broker {effective.bootstrap}; logs in {effective.state_dir / 'logs'}. "
-                    "Ctrl-C stops everything."
-                )
-                why = await wait_for_signal(lambda: streams.poll() is not None)
-                console.print(f"stopping ({why})…")
-            finally:
-                await stack.__aexit__(None, None, None)
+                await stack.enter_async_context(workers(effective, roles, token, demo))
+            with progress.step("stream processor (faust worker) joined"):
+                await _await_heartbeat(effective, "streams", streams)
+            console.print(
+                f"[bold green]spotcheck is up[/] in {time.monotonic() - progress.started:.1f}s: "
+                f"http://{effective.http_host}:{effective.http_port}/healthz — "
+                f"broker {effective.bootstrap}; logs in {effective.state_dir / 'logs'}. "
+                "Ctrl-C stops everything."
+            )
+            why = await wait_for_signal(lambda: streams.poll() is not None)
+            console.print(f"stopping ({why})…")
         if streams.returncode not in (None, 0, -signal.SIGTERM):
             console.print(
                 f"[red]the stream processor exited with {streams.returncode}; "

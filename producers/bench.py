@@ -202,3 +202,48 @@ def summary(values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
     return f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, n={len(ordered)}"
+
+
+def startup(state: Path, demo: bool = False) -> tuple[float, float]:
+    """Seconds from starting `spotcheck up` (embedded everything, fresh state folder) to /healthz
+    answering 200, and from SIGTERM to the process tree being gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    ports = {
+        "SPOTCHECK_BROKER_PORT": free_port(),
+        "SPOTCHECK_EMBEDDED_DB_PORT": free_port(),
+        "SPOTCHECK_HTTP_PORT": free_port(),
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SPOTCHECK_KAFKA_BOOTSTRAP", "SPOTCHECK_DATABASE_URL")
+    }
+    env.update({k: str(v) for k, v in ports.items()})
+    env["SPOTCHECK_STATE_DIR"] = str(state)
+    url = f"http://127.0.0.1:{ports['SPOTCHECK_HTTP_PORT']}/healthz"
+    args = [sys.executable, "-m", "spotcheck", "up"] + (["--demo"] if demo else [])
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"spotcheck up exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        healthy = time.perf_counter() - started
+    finally:
+        stopping = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return healthy, time.perf_counter() - stopping

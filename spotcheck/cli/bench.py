@@ -71,3 +71,21 @@ def latency(samples: Annotated[int, typer.Option(help="samples sent one after an
     with tempfile.TemporaryDirectory(prefix="spotcheck-bench-") as folder:
         found = asyncio.run(one(Path(folder)))
     typer.echo(f"last result -> verdict on the topic: {bench.summary(found)}")
+
+
+@bench_app.command("startup")
+def startup(runs: Annotated[int, typer.Option(help="cold starts (fresh state folder each)")] = 3) -> None:
+    """Time from `spotcheck up` to a healthy platform, and from SIGTERM to everything stopped."""
+    from producers import bench
+
+    ups, downs = [], []
+    for n in range(runs):
+        with tempfile.TemporaryDirectory(prefix="spotcheck-bench-") as folder:
+            healthy, stopped = bench.startup(Path(folder) / "state")
+        ups.append(healthy)
+        downs.append(stopped)
+        typer.echo(f"run {n + 1}: healthy after {healthy:.1f}s, stopped {stopped:.1f}s after SIGTERM")
+    typer.echo(
+        f"{runs} cold starts: up -> healthy median {statistics.median(ups):.1f}s, "
+        f"SIGTERM -> stopped median {statistics.median(downs):.1f}s"
+    )
