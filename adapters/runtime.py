@@ -24,6 +24,7 @@ from rich.console import Console
 from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres
 from adapters.store import Store
+from spotcheck.errors import SpotcheckError
 from spotcheck.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -220,29 +221,36 @@ async def workers(
         yield started
 
 
-async def wait_for_signal(extra: Callable[[], bool] = lambda: False) -> str:
-    """Until SIGINT or SIGTERM (or `extra()` turns true); returns what stopped us."""
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[list[str]]:
+    """From here on, SIGINT or SIGTERM cancels the current task once, so that every context
+    entered so far unwinds and stops what it started (even in the middle of starting up).
+    Yields the list the signal's name is put in; a second signal does not interrupt the stop."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    task = asyncio.current_task()
+    assert task is not None
     why: list[str] = []
 
     def on_signal(sig: signal.Signals) -> None:
-        why.append(sig.name)
-        stop.set()
+        if not why:
+            why.append(sig.name)
+            task.cancel()
+        else:
+            log.warning("already stopping", signal=sig.name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            if extra():
-                why.append("a worker exited")
-                break
+        yield why
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    return why[0] if why else "stopped"
+
+
+async def run_until(done: Callable[[], bool] = lambda: False) -> None:
+    """Until `done()` turns true (checked every second), or the task is cancelled by a signal."""
+    while not done():  # noqa: ASYNC110 - `done` polls a child process
+        await asyncio.sleep(1.0)
 
 
 async def _await_heartbeat(
@@ -266,6 +274,21 @@ async def up(settings: Settings, demo: bool, console: Console) -> int:
     """`spotcheck up`: everything in one command, embedded services when none are configured."""
     progress = Progress(console)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with stopped_by_signals() as why:
+        try:
+            await _up(settings, demo, console, progress)
+            why.append("the stream processor exited")
+        except asyncio.CancelledError:
+            if not why:
+                raise
+        except (SpotcheckError, RuntimeError, OSError) as exc:
+            console.print(f"[red]spotcheck could not start: {exc}[/]")
+            why.append("a start-up error")
+    console.print(f"[bold]spotcheck stopped[/] ({why[0]}); nothing left running.")
+    return 0 if why[0] in ("SIGINT", "SIGTERM") else 1
+
+
+async def _up(settings: Settings, demo: bool, console: Console, progress: Progress) -> None:
     async with infrastructure(settings, progress) as effective:
         await prepare(effective, progress)
         token = admin_token(effective, console)
@@ -285,15 +308,14 @@ async def up(settings: Settings, demo: bool, console: Console) -> int:
                 f"broker {effective.bootstrap}; logs in {effective.state_dir / 'logs'}. "
                 "Ctrl-C stops everything."
             )
-            why = await wait_for_signal(lambda: streams.poll() is not None)
-            console.print(f"stopping ({why})…")
-        if streams.returncode not in (None, 0, -signal.SIGTERM):
-            console.print(
-                f"[red]the stream processor exited with {streams.returncode}; "
-                f"see {effective.state_dir / 'logs' / 'streams.log'}[/]"
-            )
-    console.print("[bold]spotcheck stopped[/]; nothing left running.")
-    return 0
+            try:
+                await run_until(lambda: streams.poll() is not None)
+            finally:
+                console.print("stopping…")
+        console.print(
+            f"[red]the stream processor exited with {streams.returncode}; "
+            f"see {effective.state_dir / 'logs' / 'streams.log'}[/]"
+        )
 
 
 def run_streams(settings: Settings) -> None:
@@ -321,7 +343,13 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], console: Console
         )
         return 2
     token = admin_token(settings) if "api" in roles else ""
-    async with workers(settings, roles, token):
-        console.print(f"running {', '.join(roles)}")
-        await wait_for_signal()
+    with stopped_by_signals() as why:
+        try:
+            async with workers(settings, roles, token):
+                console.print(f"running {', '.join(roles)}")
+                await run_until()
+        except asyncio.CancelledError:
+            if not why:
+                raise
+    console.print(f"stopped ({why[0]})")
     return 0

@@ -229,11 +229,13 @@ def startup(state: Path, demo: bool = False) -> tuple[float, float]:
     url = f"http://127.0.0.1:{ports['SPOTCHECK_HTTP_PORT']}/healthz"
     args = [sys.executable, "-m", "spotcheck", "up"] + (["--demo"] if demo else [])
     started = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (state.parent / "up.log").open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"spotcheck up exited with {proc.returncode}")
+                log = (state.parent / "up.log").read_text()[-2000:]
+                raise RuntimeError(f"spotcheck up exited with {proc.returncode}:\n{log}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status == 200:
@@ -245,5 +247,9 @@ def startup(state: Path, demo: bool = False) -> tuple[float, float]:
     finally:
         stopping = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        code = proc.wait(60)
+    if code != 0:
+        raise RuntimeError(
+            f"spotcheck up stopped with {code}:\n{(state.parent / 'up.log').read_text()[-2000:]}"
+        )
     return healthy, time.perf_counter() - stopping

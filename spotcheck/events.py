@@ -21,18 +21,24 @@ from pydantic import (
 )
 
 
-def _parse_measured(value: Any) -> Decimal:
-    """A measured value: a decimal string exactly as measured; floats would lose digits."""
+def decimal_string(value: Any, *, what: str = "a measured value", example: str = "8.30") -> Decimal:
+    """A decimal written as a string, exactly: JSON numbers are refused because digits matter
+    ("8.30" is not "8.3" for reporting, "3.0" is not "3" for rounding). A Decimal built in
+    Python is taken as it is."""
     if isinstance(value, Decimal):
-        parsed = value
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            parsed = Decimal(text)
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not a decimal number") from None
-    else:
-        raise ValueError('a measured value must be a decimal string such as "8.30"')
+        if not value.is_finite():
+            raise ValueError(f"{value!r} is not a finite number")
+        return value
+    if not isinstance(value, str):
+        kind = {bool: "boolean", int: "int", float: "float"}.get(type(value), type(value).__name__)
+        raise ValueError(
+            f'{what} must be a decimal string such as "{example}", not the JSON {kind} '
+            f"{json.dumps(value) if isinstance(value, int | float | bool) else repr(value)}"
+        )
+    try:
+        parsed = Decimal(value.strip())
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
     if not parsed.is_finite():
         raise ValueError(f"{value!r} is not a finite number")
     return parsed
@@ -40,7 +46,7 @@ def _parse_measured(value: Any) -> Decimal:
 
 Measured = Annotated[
     Decimal,
-    BeforeValidator(_parse_measured),
+    BeforeValidator(decimal_string),
     PlainSerializer(lambda d: str(d), return_type=str, when_used="always"),
 ]
 """A Decimal read from a string and written back as the same string ("8.30" stays "8.30")."""

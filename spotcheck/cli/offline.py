@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from spotcheck.errors import InvalidInput, SpotcheckError
-from spotcheck.events import describe_validation_error
+from spotcheck.events import Measured, describe_validation_error
 from spotcheck.settings import Settings
 from spotcheck.specs import Catalog, Spec, load_catalog
 from spotcheck.verdict import judge
@@ -32,26 +32,11 @@ CatalogOption = Annotated[
 ]
 
 
-def _decimal_string(value: Any) -> Decimal:
-    if not isinstance(value, str):
-        raise ValueError(
-            f'a value must be a decimal string such as "8.30", not the JSON {type(value).__name__} '
-            f"{json.dumps(value)} (digits matter)"
-        )
-    try:
-        number = Decimal(value.strip())
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a decimal number") from None
-    if not number.is_finite():
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
-
-
 class _Result(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     item: str
-    value: Annotated[Decimal, BeforeValidator(_decimal_string)]
+    value: Measured
 
 
 class _Request(BaseModel):

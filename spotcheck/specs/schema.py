@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -17,20 +17,12 @@ from pydantic import (
     model_validator,
 )
 
-from spotcheck.events import Comparison
+from spotcheck.events import Comparison, decimal_string
 
 
 def _limit_number(value: Any) -> Decimal:
     """A limit as written in the standard: a string, so that "3.0" keeps its last digit."""
-    if not isinstance(value, str):
-        raise ValueError(f'a limit must be a string such as "3.0", not {value!r}')
-    try:
-        number = Decimal(value.strip())
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a decimal number") from None
-    if not number.is_finite():
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
+    return decimal_string(value, what="a limit", example="3.0")
 
 
 def _month_day(value: Any) -> tuple[int, int]:

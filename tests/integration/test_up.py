@@ -117,7 +117,46 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     assert code == 0, log.read_text()[-4000:]
-    assert "nothing left running" in log.read_text()
+    assert "spotcheck stopped (SIGTERM); nothing left running" in log.read_text()
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left running: {[p.info for p in alive]}"
+    assert all(port_is_free("127.0.0.1", p) for p in ports.values())
+
+
+def test_sigterm_in_the_middle_of_starting_leaves_nothing_running(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ports = {
+        "SPOTCHECK_BROKER_PORT": free_port(),
+        "SPOTCHECK_EMBEDDED_DB_PORT": free_port(),
+        "SPOTCHECK_HTTP_PORT": free_port(),
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SPOTCHECK_KAFKA_BOOTSTRAP", "SPOTCHECK_DATABASE_URL")
+    }
+    env.update({k: str(v) for k, v in ports.items()})
+    env["SPOTCHECK_STATE_DIR"] = str(state)
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spotcheck", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    # stop it once the broker and the database run and the workers are being started
+    _wait(lambda: "topics" in log.read_text(), 60, "topics created", proc, log)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert any("tansu" in " ".join(c.cmdline()) for c in children)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert "spotcheck stopped (SIGTERM); nothing left running" in log.read_text()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {[p.pid for p in alive]}"
+    postgres = [
+        p for p in psutil.process_iter(["cmdline"]) if str(state) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not postgres, "the embedded PostgreSQL is still running"
     assert all(port_is_free("127.0.0.1", p) for p in ports.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -145,4 +146,7 @@ def test_lab_result_schema_rules() -> None:
     with pytest.raises(ValueError, match="timezone"):
         make_result("R1", "ron", "92", measured_at="2026-11-24T10:00:00")
     assert str(make_result("R1", "sulfur", "8.30").value) == "8.30"
+    assert str(make_result("R1", "sulfur", Decimal("8.30")).value) == "8.30"  # built in Python
+    with pytest.raises(ValueError, match="finite"):
+        make_result("R1", "sulfur", Decimal("NaN"))
     assert make_result("R1", "sulfur", "8.30").to_dict()["value"] == "8.30"
