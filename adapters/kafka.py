@@ -98,13 +98,18 @@ def consumer(settings: Settings, topics: Sequence[str], group: str, **overrides:
 
 
 async def publish(prod: AIOKafkaProducer, topic: str, messages: Sequence[tuple[str | None, bytes]]) -> None:
-    """Send a batch and wait until the broker has all of it."""
+    """Send a batch to one topic and wait until the broker has all of it."""
+    await publish_all(prod, [(topic, key, value) for key, value in messages])
+
+
+async def publish_all(prod: AIOKafkaProducer, messages: Sequence[tuple[str, str | None, bytes]]) -> None:
+    """Send (topic, key, value) messages and wait until the broker has all of them."""
     if not messages:
         return
     try:
         futures = [
             await prod.send(topic, value, key=key.encode() if key is not None else None)
-            for key, value in messages
+            for topic, key, value in messages
         ]
         await asyncio.gather(*futures)
     except KafkaError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -235,8 +235,13 @@ class Store:
         accepted: Sequence[LabResult],
         pending: Sequence[LabResult],
         verdicts: Sequence[Verdict],
+        payloads: Mapping[str, str] | None = None,
+        before_commit: Awaitable[None] | None = None,
     ) -> None:
-        """One transaction for a processed batch; re-running it changes nothing."""
+        """One transaction for a processed batch; re-running it changes nothing. `payloads` are
+        results' JSON as received (else re-serialised); `before_commit` is awaited before the
+        transaction commits, and its failure rolls it back."""
+        raw = payloads or {}
         async with self._conn() as conn, conn.transaction():
             await self.save_tasks(tasks, conn)
             results = [("pending", r) for r in pending] + [("accepted", r) for r in accepted]
@@ -254,7 +259,7 @@ class Store:
                         r.unit,
                         r.amends,
                         state,
-                        _json(r),
+                        raw.get(r.result_id) or _json(r),
                     )
                     for state, r in results
                 ],
@@ -295,6 +300,8 @@ class Store:
                 ],
                 "ON CONFLICT (verdict_id) DO NOTHING",
             )
+            if before_commit is not None:
+                await before_commit
 
     async def expire_pending(
         self,

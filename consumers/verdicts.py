@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class _Outcome:
     verdicts: list[Verdict] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
     last_result_ts: dict[str, int] = field(default_factory=dict)  # task_id -> broker ms
+    payloads: dict[str, str] = field(default_factory=dict)  # result_id -> JSON as received
 
 
 class VerdictProcessor(BatchConsumer):
@@ -180,6 +182,8 @@ class VerdictProcessor(BatchConsumer):
             out.accepted.append(result)
             if record is not None:
                 out.last_result_ts[result.task_id] = record.timestamp
+                if record.value is not None:
+                    out.payloads[result.result_id] = record.value.decode()
         return accepted
 
     def _adopt(
@@ -204,17 +208,29 @@ class VerdictProcessor(BatchConsumer):
             self.cache.popitem(last=False)
 
     async def _emit(self, out: _Outcome) -> None:
-        # Publish first: if we die before storing, the replayed batch publishes again (consumers
-        # are idempotent by verdict_id); storing first could lose a verdict for good.
-        await kafka.publish(
-            self.producer, self.names["verdicts"], [(v.task_id, v.to_json()) for v in out.verdicts]
+        # The verdicts must be on the topic before the store says they exist: a replayed batch
+        # would not publish them again. So the store's transaction commits only after the
+        # broker has them; both run at once.
+        publishing = asyncio.ensure_future(
+            kafka.publish_all(
+                self.producer,
+                [(self.names["verdicts"], v.task_id, v.to_json()) for v in out.verdicts]
+                + [(self.names["dead-letters"], d.key, d.to_json()) for d in out.letters],
+            )
         )
-        await kafka.publish(
-            self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in out.letters]
-        )
-        await self.store.write_batch(
-            tasks=out.tasks, accepted=out.accepted, pending=out.pending, verdicts=out.verdicts
-        )
+        try:
+            await self.store.write_batch(
+                tasks=out.tasks,
+                accepted=out.accepted,
+                pending=out.pending,
+                verdicts=out.verdicts,
+                payloads=out.payloads,
+                before_commit=publishing,
+            )
+        finally:
+            if not publishing.done():
+                publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
         now_ms = time.time() * 1000
         for v in out.verdicts:
             if v.task_id in out.last_result_ts:
