@@ -25,6 +25,11 @@ class UnknownItem(InvalidInput):
     """A test item code that the spec does not define."""
 
 
+class Forbidden(SpotcheckError):
+    """An authenticated caller asking for something that is not theirs (a foreign task, an item
+    outside a lab's accreditation)."""
+
+
 class NotFound(SpotcheckError):
     """A thing looked up by id that does not exist."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from adapters import kafka
 from adapters.metrics import EVENTS_OUT
 from adapters.store import Store
-from spotcheck.errors import InvalidInput, NotFound, SpotcheckError, TransientError
+from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
 from spotcheck.events import Outcome, describe_validation_error
 from spotcheck.settings import Settings
 from spotcheck.tasks import TaskRequest, build_task
@@ -41,6 +42,7 @@ class Api:
     admin_token: str
     components: tuple[str, ...]  # workers whose heartbeat /healthz requires
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    verify_lab_key: Callable[[str], Awaitable[str | None]] | None = None  # key -> lab id
 
 
 API = web.AppKey("api", Api)
@@ -55,16 +57,46 @@ def error(status: int, message: str, field: str | None = None) -> web.Response:
     return web.json_response(body, status=status)
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the admin (planners, operators) or a lab with its API key."""
+
+    kind: str  # "admin" | "lab"
+    lab_id: str | None = None
+
+
+PRINCIPAL = "spotcheck.principal"
+LAB_ROUTES: set[str] = set()  # names of the routes a lab key may call; admin may call all
+
+
+def principal_of(request: web.Request) -> Principal:
+    found: Principal = request[PRINCIPAL]
+    return found
+
+
+async def _authenticate(request: web.Request, api: Api) -> Principal | web.Response:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return error(401, "missing bearer token (Authorization: Bearer …)")
+    if hmac.compare_digest(token.encode(), api.admin_token.encode()):
+        return Principal("admin")
+    lab_id = await api.verify_lab_key(token) if api.verify_lab_key is not None else None
+    if lab_id is None:
+        return error(401, "token not accepted")
+    return Principal("lab", lab_id)
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in OPEN_PATHS:
-        api = request.app[API]
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return error(401, "missing bearer token (Authorization: Bearer …)")
-        if not hmac.compare_digest(token.encode(), api.admin_token.encode()):
-            return error(403, "token not accepted")
+        found = await _authenticate(request, request.app[API])
+        if isinstance(found, web.Response):
+            return found
+        route = request.match_info.route.name
+        if found.kind == "lab" and route not in LAB_ROUTES:
+            return error(403, "a lab key may not call this endpoint")
+        request[PRINCIPAL] = found
     try:
         return await handler(request)
     except ValidationError as exc:
@@ -73,6 +105,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return error(422, describe_validation_error(exc), field)
     except InvalidInput as exc:
         return error(422, str(exc), exc.field)
+    except Forbidden as exc:
+        return error(403, str(exc))
     except NotFound as exc:
         return error(404, str(exc))
     except TransientError as exc:
@@ -225,12 +259,17 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(api: Api) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
     app[API] = api
-    app.router.add_post("/api/v1/tasks", create_task)
-    app.router.add_get("/api/v1/tasks/{task_id}", get_task)
-    app.router.add_get("/api/v1/verdicts", list_verdicts)
-    app.router.add_get("/api/v1/dead-letters", list_dead_letters)
-    app.router.add_get("/api/v1/stats/pass-rates", pass_rates)
+    app.router.add_post("/api/v1/tasks", create_task, name="tasks:create")
+    app.router.add_get("/api/v1/tasks/{task_id}", get_task, name="tasks:get")
+    app.router.add_get("/api/v1/verdicts", list_verdicts, name="verdicts:list")
+    app.router.add_get("/api/v1/dead-letters", list_dead_letters, name="dead-letters:list")
+    app.router.add_get("/api/v1/stats/pass-rates", pass_rates, name="stats:pass-rates")
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
+    for module in ROUTE_MODULES:
+        importlib.import_module(module).register(app)
     return app
+
+
+ROUTE_MODULES: tuple[str, ...] = ()  # modules with a `register(app)` adding their routes

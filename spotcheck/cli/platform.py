@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-import urllib.error
-import urllib.request
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from spotcheck.cli.client import ApiOpt, TokenOpt, api_call, print_json
 from spotcheck.settings import Settings
 
 console = Console(stderr=True)
@@ -100,42 +97,6 @@ def topics_list() -> None:
         typer.echo(f"{topic.full_name(settings):32} key={topic.key:14} {topic.description}")
 
 
-def _api_call(method: str, path: str, body: dict[str, Any] | None, api: str | None, token: str | None) -> Any:
-    from adapters.runtime import admin_token
-
-    settings = Settings()
-    base = api or f"http://{settings.http_host}:{settings.http_port}"
-    bearer = token or admin_token(settings)
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        base.rstrip("/") + path,
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            parsed = json.loads(detail)
-            detail = parsed.get("error", detail) + (
-                f" (field: {parsed['field']})" if parsed.get("field") else ""
-            )
-        except (ValueError, AttributeError):
-            pass
-        console.print(f"[red]{exc.code}: {detail}[/]")
-        raise typer.Exit(1 if exc.code >= 500 else 2) from None
-    except urllib.error.URLError as exc:
-        console.print(f"[red]cannot reach the API at {base}: {exc.reason} (is `spotcheck up` running?)[/]")
-        raise typer.Exit(1) from None
-
-
-ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL (default: the settings')")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="bearer token (default: the admin token)")]
-
-
 @task_app.command("create")
 def task_create(
     enterprise: Annotated[str, typer.Option("--enterprise", help="enterprise id")],
@@ -155,17 +116,13 @@ def task_create(
     }
     if items:
         body["items"] = [i.strip() for i in items.split(",") if i.strip()]
-    task = _api_call("POST", "/api/v1/tasks", body, api, token)
-    json.dump(task, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
+    print_json(api_call("POST", "/api/v1/tasks", body, api, token))
 
 
 @task_app.command("show")
 def task_show(task_id: str, api: ApiOpt = None, token: TokenOpt = None) -> None:
     """A task with its results and verdicts, as JSON."""
-    view = _api_call("GET", f"/api/v1/tasks/{task_id}", None, api, token)
-    json.dump(view, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
+    print_json(api_call("GET", f"/api/v1/tasks/{task_id}", None, api, token))
 
 
 def register(app: typer.Typer) -> None:

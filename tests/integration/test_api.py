@@ -28,7 +28,7 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
         async with anonymous.get("/api/v1/verdicts") as resp:
             assert resp.status == 401
         async with anonymous.get("/api/v1/verdicts", headers={"Authorization": "Bearer nope"}) as resp:
-            assert resp.status == 403
+            assert resp.status == 401
             assert (await resp.json())["error"] == "token not accepted"
         async with anonymous.get("/healthz") as resp:
             body = await resp.json()
