@@ -263,7 +263,7 @@ def create_app(api: Api) -> web.Application:
     app.router.add_get("/api/v1/tasks/{task_id}", get_task, name="tasks:get")
     app.router.add_get("/api/v1/verdicts", list_verdicts, name="verdicts:list")
     app.router.add_get("/api/v1/dead-letters", list_dead_letters, name="dead-letters:list")
-    app.router.add_get("/api/v1/stats/pass-rates", pass_rates, name="stats:pass-rates")
+    app.router.add_get("/api/v1/stats/pass-rates", pass_rates, name="stats:pass_rates")
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
