@@ -44,6 +44,17 @@ class Settings(BaseSettings):
     result_grace_seconds: float = Field(default=300.0, ge=0)
     sample_cache_size: int = Field(default=50_000, ge=100)
 
+    # Lab ingest (HTTP and files).
+    ingest_max_batch: int = Field(default=500, ge=1, description="results per POST /api/v1/lab-results")
+    lab_key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a verified key is trusted")
+
+    # Push to quality-testing centers.
+    push_max_attempts: int = Field(default=8, ge=1)
+    push_backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    push_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    push_timeout_seconds: float = Field(default=10.0, gt=0)
+    push_poll_seconds: float = Field(default=0.5, gt=0)
+
     # Domain.
     timezone: str = "Asia/Shanghai"
 
