@@ -204,7 +204,12 @@ async def workers(
         for c in consumers:
             stack.push_async_callback(c.stop)
         if "api" in roles:
-            app = create_app(Api(settings, store, producer, token, WORKER_COMPONENTS))
+            from adapters.labs import LabStore
+
+            keys = LabStore(store, settings.lab_key_cache_seconds)
+            app = create_app(
+                Api(settings, store, producer, token, WORKER_COMPONENTS, verify_lab_key=keys.verify_key)
+            )
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from adapters import kafka
+from adapters.labs import LabStore
 from adapters.metrics import DEAD_LETTERS, EVENTS_OUT, VERDICT_LATENCY
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
@@ -26,14 +27,18 @@ from spotcheck.events import (
     Verdict,
     describe_validation_error,
 )
+from spotcheck.labs import Lab, result_refusal
 from spotcheck.samples import Rejected, SampleState
 from spotcheck.settings import Settings
+from spotcheck.specs import load_catalog
 from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
 from spotcheck.topics import LAB_RESULTS, TASKS, VERDICTS
 
 log = structlog.get_logger(__name__)
 
 GROUP = "verdicts"
+LAB_HEADER = "lab-id"  # a lab's own Kafka client may name itself in this record header
+LABS_REFRESH_SECONDS = 5.0
 
 
 @dataclass
@@ -72,6 +77,10 @@ class VerdictProcessor(BatchConsumer):
         self.zone = ZoneInfo(settings.timezone)
         self.cache: OrderedDict[str, SampleState] = OrderedDict()
         self._swept_at = 0.0
+        self._lab_store = LabStore(store)
+        self.labs: dict[str, Lab] = {}
+        self._labs_at = -LABS_REFRESH_SECONDS
+        self._products: dict[str, str] = {}
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Partitions moved to another member: its state there is rebuilt from the store.
@@ -96,6 +105,7 @@ class VerdictProcessor(BatchConsumer):
             elif isinstance(event, LabResult):
                 results.append((event, record))
 
+        await self._refresh_labs({r.lab_id for r, _ in results})
         wanted = {t.task_id for t in tasks} | {r.task_id for r, _ in results}
         missing = [tid for tid in wanted if tid not in self.cache]
         waiting: dict[str, list[LabResult]] = {}
@@ -164,6 +174,10 @@ class VerdictProcessor(BatchConsumer):
         out: _Outcome,
     ) -> bool:
         try:
+            if result.result_id not in state.by_id:  # a resend stays harmless whatever changed since
+                refusal = self._refusal(state, result, record)
+                if refusal is not None:
+                    raise Rejected(refusal)
             accepted = state.apply(result)
         except Rejected as exc:
             origin = f"{record.partition}@{record.offset}" if record is not None else "pending"
@@ -200,6 +214,27 @@ class VerdictProcessor(BatchConsumer):
             self._apply(state, result, None, out)
         if early:
             touched[state.task.task_id] = state
+
+    def _refusal(
+        self, state: SampleState, result: LabResult, record: ConsumerRecord[bytes, bytes] | None
+    ) -> str | None:
+        """The registry's word on this result: the lab's identity, its standing and its scope."""
+        for name, value in (record.headers if record is not None else ()) or ():
+            claimed = value.decode(errors="replace")
+            if name == LAB_HEADER and claimed != result.lab_id:
+                return f"the {LAB_HEADER} header says {claimed}, the result says {result.lab_id}"
+        spec = state.task.spec
+        product = self._products.get(spec)
+        if product is None:
+            product = self._products[spec] = load_catalog().get(spec).product
+        return result_refusal(self.labs.get(result.lab_id), state.task, product, result)
+
+    async def _refresh_labs(self, lab_ids: set[str]) -> None:
+        """Reload the registry when it is older than a few seconds or a lab is not known yet."""
+        stale = time.monotonic() - self._labs_at > LABS_REFRESH_SECONDS
+        if stale or not lab_ids <= self.labs.keys():
+            self.labs = {lab.lab_id: lab for lab in await self._lab_store.all()}
+            self._labs_at = time.monotonic()
 
     def _remember(self, state: SampleState) -> None:
         self.cache[state.task.task_id] = state

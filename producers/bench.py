@@ -22,7 +22,7 @@ from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from adapters.store import Store
 from consumers.verdicts import VerdictProcessor
-from producers.simulator import demo_registry, simulated_results
+from producers.simulator import demo_labs, demo_registry, register_demo_labs, simulated_results
 from spotcheck.events import LabResult, SamplingTask
 from spotcheck.settings import Settings
 from spotcheck.tasks import TaskRequest, build_task
@@ -39,6 +39,7 @@ def workload(samples: int, fail_share: float, zone: ZoneInfo, seed: int = 7) -> 
     """`samples` demo tasks and one result per planned item (realistic sizes, ~250 bytes each)."""
     rng = random.Random(seed)
     registry = demo_registry()
+    labs = demo_labs()
     now = datetime.now(UTC)
     tasks, results = [], []
     for n in range(1, samples + 1):
@@ -50,7 +51,7 @@ def workload(samples: int, fail_share: float, zone: ZoneInfo, seed: int = 7) -> 
             lab_id=offer["lab_id"],
             sampled_at=now,
         )
-        task = build_task(request, 500_000 + n, now, zone)
+        task = build_task(request, 500_000 + n, now, zone, labs[offer["lab_id"]])
         tasks.append(task)
         results.extend(
             simulated_results(task, now.astimezone(zone).date(), rng.random() < fail_share, rng, now)
@@ -139,6 +140,7 @@ async def pipeline(settings: Settings, load: Workload) -> tuple[float, int]:
     assert settings.database_url is not None
     async with Store(settings.database_url.get_secret_value()) as store:
         await store.migrate()
+        await register_demo_labs(store)
         producer = kafka.producer(settings)
         await producer.start()
         processor = VerdictProcessor(settings, store, producer)
@@ -162,6 +164,7 @@ async def latency(settings: Settings, samples: int) -> list[float]:
     load = workload(samples, 0.1, zone, seed=11)
     async with Store(settings.database_url.get_secret_value()) as store:
         await store.migrate()
+        await register_demo_labs(store)
         producer = kafka.producer(settings, linger_ms=0)
         await producer.start()
         processor = VerdictProcessor(settings, store, producer)

@@ -17,8 +17,10 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from adapters import kafka
+from adapters.labs import LabStore
 from adapters.store import Store
 from spotcheck.events import LabResult, SamplingTask
+from spotcheck.labs import Lab
 from spotcheck.settings import Settings
 from spotcheck.specs import load_catalog
 from spotcheck.tasks import TaskRequest, build_task
@@ -32,6 +34,17 @@ def demo_registry() -> dict[str, Any]:
         resources.files("producers").joinpath("data/demo.json").read_text(encoding="utf-8")
     )
     return data
+
+
+def demo_labs() -> dict[str, Lab]:
+    return {lab["lab_id"]: Lab.model_validate(lab) for lab in demo_registry()["labs"]}
+
+
+async def register_demo_labs(store: Store) -> None:
+    """The demo labs in the registry (idempotent), so that their tasks and results are accepted."""
+    labs = LabStore(store)
+    for lab in demo_labs().values():
+        await labs.save(lab)
 
 
 def _places(*bounds: Decimal | None) -> int:
@@ -111,6 +124,8 @@ class Simulator:
         self.created = 0
 
     async def start(self) -> None:
+        await register_demo_labs(self.store)
+        self._labs = demo_labs()
         self._task = asyncio.create_task(self._run(), name="lab-simulator")
 
     async def stop(self) -> None:
@@ -149,7 +164,8 @@ class Simulator:
             lab_id=offer["lab_id"],
             sampled_at=now,
         )
-        task = build_task(request, await self.store.next_task_number(), now, zone)
+        lab = self._labs[offer["lab_id"]]
+        task = build_task(request, await self.store.next_task_number(), now, zone, lab)
         await kafka.publish(self.producer, tasks_topic, [(task.task_id, task.to_json())])
         fail = rng.random() < self.settings.demo_fail_share
         results = simulated_results(task, now.astimezone(zone).date(), fail, rng, now)

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from spotcheck.errors import InvalidInput
 from spotcheck.events import Ident, SamplingTask, TaskKind
+from spotcheck.labs import Lab, check_assignment
 from spotcheck.specs import load_catalog
 from spotcheck.verdict import validate_plan
 
@@ -35,11 +36,15 @@ def task_id_for(number: int, created_at: datetime, zone: ZoneInfo) -> str:
     return f"T-{created_at.astimezone(zone).year}-{number:06d}"
 
 
-def build_task(request: TaskRequest, number: int, now: datetime, zone: ZoneInfo) -> SamplingTask:
-    """The task for a request; an unknown spec or item raises UnknownSpec / UnknownItem."""
+def build_task(
+    request: TaskRequest, number: int, now: datetime, zone: ZoneInfo, lab: Lab | None
+) -> SamplingTask:
+    """The task for a request; an unknown spec or item raises UnknownSpec / UnknownItem, a lab that
+    is unknown, disabled or not accredited for the items InvalidInput (field lab_id)."""
     spec = load_catalog().get(request.spec)
     items = tuple(request.items) if request.items else tuple(i.code for i in spec.items)
     validate_plan(spec, items)
+    check_assignment(lab, request.lab_id, spec.id, spec.product, items)
     if len(set(items)) != len(items):
         raise InvalidInput("items are listed more than once", field="items")
     task_id = task_id_for(number, now, zone)

@@ -22,6 +22,7 @@ from adapters.metrics import EVENTS_OUT
 from adapters.store import Store
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
 from spotcheck.events import Outcome, describe_validation_error
+from spotcheck.labs import Lab
 from spotcheck.settings import Settings
 from spotcheck.tasks import TaskRequest, build_task
 from spotcheck.topics import TASKS
@@ -65,7 +66,7 @@ class Principal:
     lab_id: str | None = None
 
 
-PRINCIPAL = "spotcheck.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 LAB_ROUTES: set[str] = set()  # names of the routes a lab key may call; admin may call all
 
 
@@ -130,8 +131,14 @@ async def read_json(request: web.Request) -> Any:
 async def create_task(request: web.Request) -> web.Response:
     api = request.app[API]
     body = TaskRequest.model_validate(await read_json(request))
+    from adapters.labs import LabStore
+
+    try:
+        lab: Lab | None = await LabStore(api.store).get(body.lab_id)
+    except NotFound:
+        lab = None
     number = await api.store.next_task_number()
-    task = build_task(body, number, api.now(), ZoneInfo(api.settings.timezone))
+    task = build_task(body, number, api.now(), ZoneInfo(api.settings.timezone), lab)
     topic = TASKS.full_name(api.settings)
     await kafka.publish(api.producer, topic, [(task.task_id, task.to_json())])
     EVENTS_OUT.labels(topic).inc()
@@ -272,4 +279,4 @@ def create_app(api: Api) -> web.Application:
     return app
 
 
-ROUTE_MODULES: tuple[str, ...] = ()  # modules with a `register(app)` adding their routes
+ROUTE_MODULES: tuple[str, ...] = ("adapters.api.labs",)  # modules with `register(app)`

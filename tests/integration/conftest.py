@@ -17,8 +17,10 @@ from pydantic import SecretStr
 
 from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from adapters.labs import LabStore
 from adapters.runtime import workers
 from adapters.store import Store
+from spotcheck.labs import Lab, ScopeEntry
 from spotcheck.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -91,9 +93,13 @@ async def settings(broker: str, database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[Store]:
+    """The test's database, migrated, with two labs accredited for everything: LAB-1 and LAB-2."""
     assert settings.database_url is not None
     async with Store(settings.database_url.get_secret_value()) as s:
         await s.migrate()
+        labs = LabStore(s)
+        for lab_id in ("LAB-1", "LAB-2"):
+            await labs.save(Lab(lab_id=lab_id, name=f"test lab {lab_id}", scope=(ScopeEntry(spec="*"),)))
         yield s
 
 

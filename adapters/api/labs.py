@@ -1,0 +1,158 @@
+"""HTTP routes for labs: the registry, API keys, result ingest and per-lab statistics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from adapters.api.app import API, LAB_ROUTES, Principal, error, principal_of, read_json
+from adapters.labs import LabStore
+from producers.gateway import LabGateway
+from spotcheck.errors import Forbidden, InvalidInput
+from spotcheck.labs import Lab, unknown_scope_items
+from spotcheck.specs import load_catalog
+
+LABS = web.AppKey("labs", LabStore)
+GATEWAY = web.AppKey("gateway", LabGateway)
+ON_BEHALF = "X-Spotcheck-Lab"  # the admin submits for a lab (LIMS file imports)
+
+
+def _lab_json(lab: Lab) -> dict[str, Any]:
+    return lab.model_dump(mode="json", exclude_none=True)
+
+
+async def add_lab(request: web.Request) -> web.Response:
+    lab = Lab.model_validate(await read_json(request))
+    unknown = unknown_scope_items(lab, {code for spec in load_catalog().specs() for code in spec.codes})
+    if unknown:
+        raise InvalidInput(f"scope names unknown item(s): {', '.join(unknown)}", field="scope")
+    await request.app[LABS].save(lab)
+    return web.json_response(_lab_json(lab), status=201)
+
+
+async def list_labs(request: web.Request) -> web.Response:
+    labs = await request.app[LABS].all()
+    return web.json_response({"labs": [_lab_json(lab) for lab in labs]})
+
+
+def _own_lab(request: web.Request) -> str:
+    lab_id = request.match_info["lab_id"]
+    who = principal_of(request)
+    if who.kind == "lab" and who.lab_id != lab_id:
+        raise Forbidden(f"a key of lab {who.lab_id} may not read lab {lab_id}")
+    return lab_id
+
+
+async def get_lab(request: web.Request) -> web.Response:
+    lab = await request.app[LABS].get(_own_lab(request))
+    return web.json_response(_lab_json(lab))
+
+
+async def disable_lab(request: web.Request) -> web.Response:
+    lab = await request.app[LABS].set_enabled(request.match_info["lab_id"], False)
+    return web.json_response(_lab_json(lab))
+
+
+async def enable_lab(request: web.Request) -> web.Response:
+    lab = await request.app[LABS].set_enabled(request.match_info["lab_id"], True)
+    return web.json_response(_lab_json(lab))
+
+
+async def create_key(request: web.Request) -> web.Response:
+    made = await request.app[LABS].create_key(request.match_info["lab_id"])
+    return web.json_response(made, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await request.app[LABS].keys(request.match_info["lab_id"])
+    return web.json_response({"keys": keys})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    await request.app[LABS].revoke_key(request.match_info["lab_id"], request.match_info["prefix"])
+    return web.json_response({"revoked": request.match_info["prefix"]})
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    made = await request.app[LABS].rotate_key(request.match_info["lab_id"], request.match_info["prefix"])
+    return web.json_response(made, status=201)
+
+
+def _submitter(request: web.Request, who: Principal) -> str:
+    if who.kind == "lab":
+        assert who.lab_id is not None
+        return who.lab_id
+    lab_id = request.headers.get(ON_BEHALF)
+    if not lab_id:
+        raise InvalidInput(
+            f"the admin token submits for a lab named in the {ON_BEHALF} header", field=ON_BEHALF
+        )
+    return lab_id
+
+
+async def submit_results(request: web.Request) -> web.Response:
+    """One result (a JSON object) or a batch ({"results": [...]}); 202 with each one's outcome."""
+    api = request.app[API]
+    lab_id = _submitter(request, principal_of(request))
+    body = await read_json(request)
+    single = isinstance(body, dict) and "results" not in body
+    if single:
+        items = [body]
+    elif isinstance(body, dict) and isinstance(body.get("results"), list):
+        items = body["results"]
+        if set(body) != {"results"}:
+            raise InvalidInput('a batch is {"results": [...]} and nothing else', field="body")
+    else:
+        raise InvalidInput('send one result object or {"results": [...]}', field="body")
+    if not items:
+        raise InvalidInput("the batch is empty", field="results")
+    limit = api.settings.ingest_max_batch
+    if len(items) > limit:
+        return error(413, f"a batch holds at most {limit} results, this one {len(items)}", "results")
+    outcomes = await request.app[GATEWAY].submit(lab_id, list(enumerate(items)), "http:/api/v1/lab-results")
+    if single:
+        only = outcomes[0]
+        if only.status in ("invalid", "forbidden"):
+            return error(422 if only.status == "invalid" else 403, only.reason or only.status, only.field)
+    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("accepted", "duplicate")}
+    rejected = len(outcomes) - counts["accepted"] - counts["duplicate"]
+    return web.json_response(
+        {
+            "outcomes": [o.to_dict() for o in outcomes],
+            "accepted": counts["accepted"],
+            "duplicates": counts["duplicate"],
+            "rejected": rejected,
+        },
+        status=202,
+    )
+
+
+async def lab_stats(request: web.Request) -> web.Response:
+    lab_id = _own_lab(request)
+    days = request.query.get("days", "30")
+    if not days.isdigit() or not 1 <= int(days) <= 366:
+        raise InvalidInput("days must be a whole number from 1 to 366", field="days")
+    since = request.app[API].now() - timedelta(days=int(days))
+    return web.json_response(await request.app[LABS].stats(lab_id, since))
+
+
+def register(app: web.Application) -> None:
+    api = app[API]
+    labs = LabStore(api.store, api.settings.lab_key_cache_seconds)
+    app[LABS] = labs
+    app[GATEWAY] = LabGateway(api.settings, labs, api.producer, api.now)
+    r = app.router
+    r.add_post("/api/v1/labs", add_lab, name="labs:create")
+    r.add_get("/api/v1/labs", list_labs, name="labs:list")
+    r.add_get("/api/v1/labs/{lab_id}", get_lab, name="labs:get")
+    r.add_post("/api/v1/labs/{lab_id}/disable", disable_lab, name="labs:disable")
+    r.add_post("/api/v1/labs/{lab_id}/enable", enable_lab, name="labs:enable")
+    r.add_post("/api/v1/labs/{lab_id}/keys", create_key, name="labs:keys_create")
+    r.add_get("/api/v1/labs/{lab_id}/keys", list_keys, name="labs:keys_list")
+    r.add_post("/api/v1/labs/{lab_id}/keys/{prefix}/revoke", revoke_key, name="labs:keys_revoke")
+    r.add_post("/api/v1/labs/{lab_id}/keys/{prefix}/rotate", rotate_key, name="labs:keys_rotate")
+    r.add_post("/api/v1/lab-results", submit_results, name="lab_results:submit")
+    r.add_get("/api/v1/labs/{lab_id}/stats", lab_stats, name="labs:stats")
+    LAB_ROUTES.update({"lab_results:submit", "labs:get", "labs:stats"})

@@ -1,0 +1,191 @@
+"""The lab-result gateway: every result sent over HTTP or from a file passes here to the topic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
+
+from adapters import kafka
+from adapters.labs import LabStore
+from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
+from spotcheck.errors import NotFound
+from spotcheck.events import DeadLetter, LabResult, describe_validation_error
+from spotcheck.labs import Lab, result_refusal
+from spotcheck.settings import Settings
+from spotcheck.specs import load_catalog
+from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
+from spotcheck.topics import LAB_RESULTS
+
+Status = Literal["accepted", "duplicate", "invalid", "forbidden"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one submitted result (`where` is its position or line in the input)."""
+
+    where: int
+    result_id: str | None
+    status: Status
+    reason: str | None = None
+    field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class LabGateway:
+    """Checks results against the lab's identity, its tasks and its accreditation, publishes the
+    good ones on the lab-results topic and the refused ones on the dead-letter topic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        labs: LabStore,
+        producer: AIOKafkaProducer,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.labs = labs
+        self.producer = producer
+        self.now = now
+        self.results_topic = LAB_RESULTS.full_name(settings)
+        self.letters_topic = DEAD_LETTERS_TOPIC.full_name(settings)
+
+    async def submit(self, lab_id: str, items: Sequence[tuple[int, Any]], source: str) -> list[Outcome]:
+        """Check and route each (position, raw result); returns one outcome per item, in order."""
+        try:
+            lab: Lab | None = await self.labs.get(lab_id)
+        except NotFound:
+            lab = None
+        parsed: list[tuple[int, Any, LabResult | None, Outcome | None]] = []
+        for where, raw in items:
+            try:
+                result = LabResult.model_validate(raw)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                field = ".".join(str(p) for p in first.get("loc", ())) or None
+                parsed.append(
+                    (
+                        where,
+                        raw,
+                        None,
+                        Outcome(where, _id_of(raw), "invalid", describe_validation_error(exc), field),
+                    )
+                )
+                continue
+            if result.lab_id != lab_id:
+                parsed.append(
+                    (
+                        where,
+                        raw,
+                        result,
+                        Outcome(
+                            where,
+                            result.result_id,
+                            "forbidden",
+                            f"this key belongs to lab {lab_id}; the result names lab {result.lab_id}",
+                            "lab_id",
+                        ),
+                    )
+                )
+                continue
+            parsed.append((where, raw, result, None))
+
+        candidates = [r for _, _, r, o in parsed if r is not None and o is None]
+        tasks = await self.labs.tasks(sorted({r.task_id for r in candidates}))
+        stored = await self.labs.stored_results(sorted({r.result_id for r in candidates}))
+        catalog = load_catalog()
+        outcomes: list[Outcome] = []
+        publish: list[tuple[str, str | None, bytes]] = []
+        seen: dict[str, LabResult] = {}
+        for where, raw, maybe, outcome in parsed:
+            if outcome is None and maybe is not None:
+                outcome = self._check(where, maybe, lab, tasks, stored, seen, catalog)
+                if outcome.status == "accepted":
+                    seen[maybe.result_id] = maybe
+                    publish.append((self.results_topic, maybe.task_id, maybe.to_json()))
+            assert outcome is not None
+            if outcome.status in ("invalid", "forbidden"):
+                letter = DeadLetter.of(
+                    source,
+                    maybe.task_id if maybe else None,
+                    _text(raw),
+                    outcome.reason or outcome.status,
+                    self.now(),
+                    origin=f"item {where}",
+                )
+                publish.append((self.letters_topic, letter.key, letter.to_json()))
+                DEAD_LETTERS.labels(source).inc()
+            outcomes.append(outcome)
+        await kafka.publish_all(self.producer, publish)
+        accepted = sum(1 for o in outcomes if o.status == "accepted")
+        if accepted:
+            EVENTS_OUT.labels(self.results_topic).inc(accepted)
+        return outcomes
+
+    def _check(
+        self,
+        where: int,
+        result: LabResult,
+        lab: Lab | None,
+        tasks: dict[str, Any],
+        stored: dict[str, str],
+        seen: dict[str, LabResult],
+        catalog: Any,
+    ) -> Outcome:
+        rid = result.result_id
+        earlier = seen.get(rid)
+        if earlier is not None or rid in stored:
+            same = (
+                earlier == result
+                if earlier is not None
+                else (LabResult.model_validate_json(stored[rid]) == result)
+            )
+            if same:
+                return Outcome(where, rid, "duplicate", "already received; nothing changed")
+            return Outcome(
+                where,
+                rid,
+                "invalid",
+                f"result_id {rid} was already received with other "
+                "content; send a correction with a new result_id and amends",
+                "result_id",
+            )
+        task = tasks.get(result.task_id)
+        if task is None:
+            return Outcome(where, rid, "invalid", f"unknown task {result.task_id}", "task_id")
+        if result.sample_id != task.sample_id:
+            return Outcome(
+                where,
+                rid,
+                "invalid",
+                f"sample {result.sample_id} is not the sample of task {task.task_id} ({task.sample_id})",
+                "sample_id",
+            )
+        if result.item not in task.items:
+            return Outcome(
+                where,
+                rid,
+                "invalid",
+                f"item {result.item!r} is not planned for task "
+                f"{task.task_id} (planned: {', '.join(task.items)})",
+                "item",
+            )
+        refusal = result_refusal(lab, task, catalog.get(task.spec).product, result)
+        if refusal is not None:
+            return Outcome(where, rid, "forbidden", refusal, "task_id" if "assigned" in refusal else "item")
+        return Outcome(where, rid, "accepted")
+
+
+def _id_of(raw: Any) -> str | None:
+    value = raw.get("result_id") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _text(raw: Any) -> str:
+    return raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
