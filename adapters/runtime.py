@@ -206,10 +206,8 @@ async def workers(
         if "api" in roles:
             from adapters.labs import LabStore
 
-            keys = LabStore(store, settings.lab_key_cache_seconds)
-            app = create_app(
-                Api(settings, store, producer, token, WORKER_COMPONENTS, verify_lab_key=keys.verify_key)
-            )
+            labs = LabStore(store, settings.lab_key_cache_seconds)
+            app = create_app(Api(settings, store, producer, token, WORKER_COMPONENTS, labs=labs))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from adapters import kafka
+from adapters.labs import LabStore
 from adapters.metrics import EVENTS_OUT
 from adapters.store import Store
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
@@ -43,7 +44,7 @@ class Api:
     admin_token: str
     components: tuple[str, ...]  # workers whose heartbeat /healthz requires
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    verify_lab_key: Callable[[str], Awaitable[str | None]] | None = None  # key -> lab id
+    labs: LabStore | None = None  # the registry; verifies lab keys (one cache for the process)
 
 
 API = web.AppKey("api", Api)
@@ -82,7 +83,7 @@ async def _authenticate(request: web.Request, api: Api) -> Principal | web.Respo
         return error(401, "missing bearer token (Authorization: Bearer …)")
     if hmac.compare_digest(token.encode(), api.admin_token.encode()):
         return Principal("admin")
-    lab_id = await api.verify_lab_key(token) if api.verify_lab_key is not None else None
+    lab_id = await api.labs.verify_key(token) if api.labs is not None else None
     if lab_id is None:
         return error(401, "token not accepted")
     return Principal("lab", lab_id)
@@ -131,10 +132,8 @@ async def read_json(request: web.Request) -> Any:
 async def create_task(request: web.Request) -> web.Response:
     api = request.app[API]
     body = TaskRequest.model_validate(await read_json(request))
-    from adapters.labs import LabStore
-
     try:
-        lab: Lab | None = await LabStore(api.store).get(body.lab_id)
+        lab: Lab | None = await (api.labs or LabStore(api.store)).get(body.lab_id)
     except NotFound:
         lab = None
     number = await api.store.next_task_number()

@@ -140,7 +140,7 @@ async def lab_stats(request: web.Request) -> web.Response:
 
 def register(app: web.Application) -> None:
     api = app[API]
-    labs = LabStore(api.store, api.settings.lab_key_cache_seconds)
+    labs = api.labs or LabStore(api.store, api.settings.lab_key_cache_seconds)
     app[LABS] = labs
     app[GATEWAY] = LabGateway(api.settings, labs, api.producer, api.now)
     r = app.router

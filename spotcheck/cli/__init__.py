@@ -6,6 +6,7 @@ import typer
 
 from spotcheck.cli import offline, platform
 from spotcheck.cli.bench import bench_app
+from spotcheck.cli.labs import labs_app
 
 app = typer.Typer(
     name="spotcheck",
@@ -18,6 +19,7 @@ app = typer.Typer(
 offline.register(app)
 platform.register(app)
 app.add_typer(bench_app, name="bench")
+app.add_typer(labs_app, name="labs")
 
 
 def main() -> None:
