@@ -18,11 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from adapters import kafka
+from adapters.api import openapi, schemas
 from adapters.labs import LabStore
 from adapters.metrics import EVENTS_OUT
 from adapters.store import Store
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
-from spotcheck.events import Outcome, describe_validation_error
+from spotcheck.events import Outcome, SamplingTask, describe_validation_error
 from spotcheck.labs import Lab
 from spotcheck.settings import Settings
 from spotcheck.tasks import TaskRequest, build_task
@@ -49,7 +50,7 @@ class Api:
 
 API = web.AppKey("api", Api)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
 
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -273,9 +274,39 @@ def create_app(api: Api) -> web.Application:
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi.serve, name="openapi")
     for module in ROUTE_MODULES:
         importlib.import_module(module).register(app)
     return app
+
+
+openapi.DOCS.update(
+    {
+        "tasks:create": openapi.RouteDoc("Create a sampling task", TaskRequest, SamplingTask, 201),
+        "tasks:get": openapi.RouteDoc("A task with its results and verdicts", response=schemas.TaskView),
+        "verdicts:list": openapi.RouteDoc(
+            "Verdicts in force (or every version)",
+            response=schemas.VerdictList,
+            query=(
+                ("product", "product name"),
+                ("enterprise_id", "enterprise"),
+                ("spec", "spec id"),
+                ("outcome", "qualified, unqualified or incomplete"),
+                ("since", "ISO time with offset"),
+                ("until", "ISO time with offset"),
+                ("all_versions", "true for superseded ones too"),
+                ("limit", "1-1000, default 100"),
+                ("offset", "for paging"),
+            ),
+        ),
+        "dead-letters:list": openapi.RouteDoc(
+            "Rejected input with the reason",
+            response=schemas.DeadLetterList,
+            query=(("source", "topic or endpoint"), ("limit", "1-1000")),
+        ),
+        "stats:pass_rates": openapi.RouteDoc("Live pass rates per product", response=schemas.PassRates),
+    }
+)
 
 
 ROUTE_MODULES: tuple[str, ...] = ("adapters.api.labs",)  # modules with `register(app)`

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.api import openapi, schemas
 from adapters.api.app import API, LAB_ROUTES, Principal, error, principal_of, read_json
 from adapters.labs import LabStore
 from producers.gateway import LabGateway
@@ -156,3 +157,36 @@ def register(app: web.Application) -> None:
     r.add_post("/api/v1/lab-results", submit_results, name="lab_results:submit")
     r.add_get("/api/v1/labs/{lab_id}/stats", lab_stats, name="labs:stats")
     LAB_ROUTES.update({"lab_results:submit", "labs:get", "labs:stats"})
+
+
+openapi.DOCS.update(
+    {
+        "labs:create": openapi.RouteDoc("Add or update a lab and its accreditation scope", Lab, Lab, 201),
+        "labs:list": openapi.RouteDoc("Every lab of the registry", response=schemas.LabList),
+        "labs:get": openapi.RouteDoc("One lab", response=Lab, labs=True),
+        "labs:disable": openapi.RouteDoc("Disable a lab (keys stop working)", response=Lab),
+        "labs:enable": openapi.RouteDoc("Enable a lab again", response=Lab),
+        "labs:keys_create": openapi.RouteDoc(
+            "A new API key, shown once", response=schemas.LabKey, status=201
+        ),
+        "labs:keys_list": openapi.RouteDoc("The lab's keys by prefix", response=schemas.LabKeys),
+        "labs:keys_revoke": openapi.RouteDoc("Revoke a key"),
+        "labs:keys_rotate": openapi.RouteDoc(
+            "Revoke a key and make its replacement", response=schemas.LabKey, status=201
+        ),
+        "lab_results:submit": openapi.RouteDoc(
+            'Report results: one result object, or a batch {"results": [...]}. The admin token submits '
+            f"for the lab named in the {ON_BEHALF} header.",
+            schemas.ResultBatch,
+            schemas.IngestAnswer,
+            202,
+            labs=True,
+        ),
+        "labs:stats": openapi.RouteDoc(
+            "Turnaround and backlog of a lab",
+            response=schemas.LabStats,
+            labs=True,
+            query=(("days", "window in days, default 30"),),
+        ),
+    }
+)

@@ -130,3 +130,22 @@ async def test_cli_task_create_and_show(settings: Settings, http: aiohttp.Client
         env=env,
     )
     assert bad.exit_code == 2 and "unknown spec" in bad.output and "field: spec" in bad.output
+
+
+async def test_openapi_document_is_generated_and_valid(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    from openapi_spec_validator import validate
+
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    async with aiohttp.ClientSession(base) as anonymous, anonymous.get("/api/v1/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    validate(doc)
+    ingest = doc["paths"]["/api/v1/lab-results"]["post"]
+    assert ingest["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ResultBatch")
+    assert "202" in ingest["responses"] and "413" in ingest["responses"]
+    assert doc["paths"]["/api/v1/tasks"]["post"]["responses"]["201"]
+    schemas = doc["components"]["schemas"]
+    assert {"value", "result_id", "amends"} <= set(schemas["LabResult"]["properties"])
+    assert "lab_id" in schemas["TaskRequest"]["required"]
