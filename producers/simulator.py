@@ -52,35 +52,30 @@ def _places(*bounds: Decimal | None) -> int:
 
 
 def plausible_value(low: Decimal | None, high: Decimal | None, fail: bool, rng: random.Random) -> Decimal:
-    """A value inside [low, high] (or just outside when `fail`), one digit finer than the limit."""
-    quantum = Decimal(1).scaleb(-(_places(low, high) + 1))
+    """A value well inside [low, high], or (when `fail`) beyond a bound by more than one unit of the
+    limit's last digit (so that it fails by the rounded-value method too); one digit finer."""
+    places = _places(low, high)
+    quantum = Decimal(1).scaleb(-(places + 1))
+    step = float(Decimal(1).scaleb(-places))  # one unit of the limit's last digit
 
     def pick(a: float, b: float) -> Decimal:
         return Decimal(str(rng.uniform(a, b))).quantize(quantum)
 
+    if fail:
+        bounds = [(b, +1) for b in (high,) if b is not None] + [(b, -1) for b in (low,) if b is not None]
+        bound, sign = rng.choice(bounds) if bounds else (Decimal(100), +1)
+        margin = max(abs(float(bound)) * 0.1, 2 * step)
+        return bound + sign * pick(1.5 * step, 1.5 * step + margin)
     if low is not None and high is not None:
         span = float(high - low)
-        if fail:
-            return (
-                (high + pick(0.02 * span, 0.2 * span))
-                if rng.random() < 0.5
-                else (low - pick(0.02 * span, 0.2 * span))
-            )
         return low + pick(0.1 * span, 0.9 * span)
     if high is not None:
         h = float(high)
-        margin = max(abs(h) * 0.1, 1.0) if h != 0 else 1.0
-        return (
-            pick(h + 0.05 * margin, h + margin)
-            if fail
-            else pick(h - 3 * margin, h - 0.1 * margin)
-            if h <= 0
-            else pick(0.2 * h, 0.9 * h)
-        )
+        return pick(0.2 * h, 0.9 * h) if h > 0 else pick(h - 5 * max(step, 1.0), h - 2 * step)
     if low is not None:
         lo = float(low)
         margin = max(abs(lo) * 0.1, 1.0)
-        return pick(lo - margin, lo - 0.05 * margin) if fail else pick(lo + 0.1 * margin, lo + 2 * margin)
+        return pick(lo + 0.1 * margin + 2 * step, lo + 2 * margin + 2 * step)
     return pick(0, 100)
 
 
@@ -107,6 +102,31 @@ def simulated_results(
             )
         )
     return results
+
+
+def malformed(result: LabResult, rng: random.Random) -> bytes:
+    """What a misconfigured LIMS sends now and then: a value that is no number, a missing field."""
+    body = result.to_dict()
+    body["result_id"] = f"{result.result_id}-x"
+    if rng.random() < 0.5:
+        body["value"] = rng.choice(["n/a", "<0.5", "8,3", ""])
+    else:
+        del body["measured_at"]
+    return json.dumps(body).encode()
+
+
+def correction(result: LabResult, rng: random.Random) -> LabResult:
+    """A lab's correction of one of its results: a new id, `amends` and a reason."""
+    low = result.value - abs(result.value) / 50
+    value = (low + abs(result.value) / 25 * Decimal(str(rng.random()))).quantize(result.value)
+    return result.model_copy(
+        update={
+            "result_id": f"{result.result_id}-c",
+            "value": value,
+            "amends": result.result_id,
+            "reason": rng.choice(["transcription error", "re-measured after calibration check"]),
+        }
+    )
 
 
 @dataclass
@@ -169,5 +189,10 @@ class Simulator:
         await kafka.publish(self.producer, tasks_topic, [(task.task_id, task.to_json())])
         fail = rng.random() < self.settings.demo_fail_share
         results = simulated_results(task, now.astimezone(zone).date(), fail, rng, now)
-        await kafka.publish(self.producer, results_topic, [(r.task_id, r.to_json()) for r in results])
+        messages: list[tuple[str | None, bytes]] = [(r.task_id, r.to_json()) for r in results]
+        if rng.random() < self.settings.demo_malformed_share:
+            messages.append((task.task_id, malformed(results[0], rng)))
+        if rng.random() < self.settings.demo_correction_share:
+            messages.append((task.task_id, correction(results[-1], rng).to_json()))
+        await kafka.publish(self.producer, results_topic, messages)
         self.created += 1

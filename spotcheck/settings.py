@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Demo simulator.
     demo_rate: float = Field(default=2.0, gt=0, description="simulated samples per second")
     demo_fail_share: float = Field(default=0.1, ge=0, le=1)
+    demo_malformed_share: float = Field(default=0.02, ge=0, le=1, description="samples with a bad message")
+    demo_correction_share: float = Field(default=0.05, ge=0, le=1, description="samples with a correction")
 
     log_level: str = "INFO"
     log_json: bool = False
