@@ -209,3 +209,32 @@ async def test_kafka_results_meet_the_same_registry_checks(
 async def _results_of(http: aiohttp.ClientSession, task_id: str, n: int) -> bool:
     async with http.get(f"/api/v1/tasks/{task_id}") as resp:
         return len((await resp.json())["results"]) >= n
+
+
+async def test_a_lab_with_confluent_kafka_as_in_the_readme(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    from confluent_kafka import Producer
+
+    task = await create_task(
+        http, spec=DIESEL, product="0# diesel", items=["sulfur", "cetane_number"], lab_id="LAB-2"
+    )
+
+    def publish() -> list[Any]:
+        producer = Producer({"bootstrap.servers": settings.bootstrap, "client.id": "LAB-2-lims"})
+        errors: list[Any] = []
+        for item, value in (("sulfur", "8.3"), ("cetane_number", "51.9")):
+            body = result(task, item, value)
+            producer.produce(
+                f"{settings.topic_namespace}.lab-results",
+                key=body["task_id"],
+                value=json.dumps(body),
+                headers={"lab-id": body["lab_id"]},
+                on_delivery=lambda err, _msg: errors.append(err) if err else None,
+            )
+        assert producer.flush(10) == 0
+        return errors
+
+    assert await asyncio.to_thread(publish) == []
+    view = await eventually(lambda: verdict_of(http, task["task_id"]))
+    assert view["verdict"]["outcome"] == "qualified"
