@@ -207,28 +207,35 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, n={len(ordered)}"
 
 
+def isolated_up_env(state: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment for a `spotcheck up` of its own: embedded broker and database on free ports,
+    state in `state`, no configured services or token. Returns (environment, ports by variable)."""
+    import os
+
+    ports = {
+        name: free_port()
+        for name in ("SPOTCHECK_BROKER_PORT", "SPOTCHECK_EMBEDDED_DB_PORT", "SPOTCHECK_HTTP_PORT")
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SPOTCHECK_KAFKA_BOOTSTRAP", "SPOTCHECK_DATABASE_URL", "SPOTCHECK_ADMIN_TOKEN")
+    }
+    env.update({k: str(v) for k, v in ports.items()})
+    env["SPOTCHECK_STATE_DIR"] = str(state)
+    return env, ports
+
+
 def startup(state: Path, demo: bool = False) -> tuple[float, float]:
     """Seconds from starting `spotcheck up` (embedded everything, fresh state folder) to /healthz
     answering 200, and from SIGTERM to the process tree being gone."""
-    import os
     import signal
     import subprocess
     import sys
     import urllib.error
     import urllib.request
 
-    ports = {
-        "SPOTCHECK_BROKER_PORT": free_port(),
-        "SPOTCHECK_EMBEDDED_DB_PORT": free_port(),
-        "SPOTCHECK_HTTP_PORT": free_port(),
-    }
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("SPOTCHECK_KAFKA_BOOTSTRAP", "SPOTCHECK_DATABASE_URL")
-    }
-    env.update({k: str(v) for k, v in ports.items()})
-    env["SPOTCHECK_STATE_DIR"] = str(state)
+    env, ports = isolated_up_env(state)
     url = f"http://127.0.0.1:{ports['SPOTCHECK_HTTP_PORT']}/healthz"
     args = [sys.executable, "-m", "spotcheck", "up"] + (["--demo"] if demo else [])
     started = time.perf_counter()

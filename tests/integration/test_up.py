@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from adapters.embedded import free_port, port_is_free
+from adapters.embedded import port_is_free
+from producers.bench import isolated_up_env
 
 pytestmark = pytest.mark.integration
 
@@ -46,20 +46,9 @@ def _wait(probe: Any, timeout: float, what: str, proc: subprocess.Popen[bytes], 
 
 def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    ports = {
-        "SPOTCHECK_BROKER_PORT": free_port(),
-        "SPOTCHECK_EMBEDDED_DB_PORT": free_port(),
-        "SPOTCHECK_HTTP_PORT": free_port(),
-    }
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("SPOTCHECK_KAFKA_BOOTSTRAP", "SPOTCHECK_DATABASE_URL", "SPOTCHECK_ADMIN_TOKEN")
-    }
-    env.update({k: str(v) for k, v in ports.items()})
+    env, ports = isolated_up_env(state)
     env.update(
         {
-            "SPOTCHECK_STATE_DIR": str(state),
             "SPOTCHECK_DEMO_RATE": "5",
             "SPOTCHECK_SESSION_TIMEOUT_MS": "6000",
             "SPOTCHECK_REBALANCE_TIMEOUT_MS": "3000",
@@ -125,18 +114,7 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
 
 def test_sigterm_in_the_middle_of_starting_leaves_nothing_running(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    ports = {
-        "SPOTCHECK_BROKER_PORT": free_port(),
-        "SPOTCHECK_EMBEDDED_DB_PORT": free_port(),
-        "SPOTCHECK_HTTP_PORT": free_port(),
-    }
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("SPOTCHECK_KAFKA_BOOTSTRAP", "SPOTCHECK_DATABASE_URL")
-    }
-    env.update({k: str(v) for k, v in ports.items()})
-    env["SPOTCHECK_STATE_DIR"] = str(state)
+    env, ports = isolated_up_env(state)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
