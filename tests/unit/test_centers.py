@@ -1,0 +1,225 @@
+"""Center push, the pure part: filters, signatures, the retry schedule and delivery ids."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from spotcheck.centers import (
+    CenterRequest,
+    DeliveryAttempt,
+    Filters,
+    backoff,
+    delivery_id,
+    envelope,
+    request_headers,
+    sign,
+    spec_matches,
+    verify,
+)
+from spotcheck.events import Outcome
+
+GASOLINE = "GB17930-2016:VIB:92"
+DIESEL = "GB19147-2016:VI:0"
+SECRET = "whsec_test-secret-0123456789"
+
+
+# --- filters ----------------------------------------------------------------------------------
+
+
+def test_an_empty_filter_matches_everything() -> None:
+    f = Filters()
+    assert f.matches(spec=GASOLINE, outcome=Outcome.QUALIFIED)
+    assert f.matches(spec=None)  # a raw result whose task is not known yet
+    assert f.matches(spec="NOT-IN-CATALOG", outcome=Outcome.INCOMPLETE)
+
+
+def test_product_categories_come_from_the_catalog() -> None:
+    f = Filters(products=("motor gasoline",))
+    assert f.matches(spec=GASOLINE)
+    assert Filters(products=("Motor Gasoline",)).matches(spec=GASOLINE)  # case does not matter
+    assert not f.matches(spec=DIESEL)
+    assert not f.matches(spec=None)
+    assert not f.matches(spec="NOT-IN-CATALOG")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "spec", "expected"),
+    [
+        (GASOLINE, GASOLINE, True),
+        ("GB17930-2016:VIB:9", GASOLINE, False),  # no prefix without ':' or '*'
+        ("GB17930-2016:", GASOLINE, True),
+        ("GB17930-2016:", DIESEL, False),
+        ("GB17930-2016:VIB*", GASOLINE, True),
+        ("GB17930-2016:VIB*", "GB17930-2016:VIA:92", False),
+        ("GB1*", DIESEL, True),
+    ],
+)
+def test_spec_filters_are_exact_or_prefixes(pattern: str, spec: str, expected: bool) -> None:
+    assert spec_matches(pattern, spec) is expected
+    assert Filters.model_construct(specs=(pattern,)).matches(spec=spec) is expected
+
+
+def test_outcome_filters_apply_to_verdicts_only() -> None:
+    f = Filters(outcomes=(Outcome.UNQUALIFIED,))
+    assert f.matches(spec=GASOLINE, outcome=Outcome.UNQUALIFIED)
+    assert not f.matches(spec=GASOLINE, outcome=Outcome.QUALIFIED)
+    assert f.matches(spec=GASOLINE)  # a raw result has no outcome
+
+
+def test_district_filters_need_a_known_district() -> None:
+    f = Filters(districts=("370102",))
+    assert not f.matches(spec=GASOLINE)  # events carry no district yet
+    assert f.matches(spec=GASOLINE, district="370102")
+    assert not f.matches(spec=GASOLINE, district="370103")
+
+
+def test_every_filter_must_pass() -> None:
+    f = Filters(products=("motor gasoline",), specs=("GB17930-2016:VIB*",), outcomes=(Outcome.QUALIFIED,))
+    assert f.matches(spec=GASOLINE, outcome=Outcome.QUALIFIED)
+    assert not f.matches(spec="GB17930-2016:VIA:92", outcome=Outcome.QUALIFIED)
+    assert not f.matches(spec=GASOLINE, outcome=Outcome.UNQUALIFIED)
+
+
+@pytest.mark.parametrize(
+    ("filters", "field", "words"),
+    [
+        ({"products": ["petrol"]}, "products", "unknown product category"),
+        ({"specs": ["GB9999:"]}, "specs", "matches no spec"),
+        ({"specs": ["*"]}, "specs", "matches no spec"),
+        ({"outcomes": ["maybe"]}, "outcomes", "qualified"),
+        ({"districts": [" "]}, "districts", "blank"),
+        ({"colour": ["red"]}, "colour", "Extra inputs"),
+    ],
+)
+def test_bad_filters_name_the_field(filters: dict[str, list[str]], field: str, words: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Filters.model_validate(filters)
+    error = caught.value.errors()[0]
+    assert error["loc"][0] == field and words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://qtc.example.cn/hooks/spotcheck", True),
+        ("http://127.0.0.1:8099/hook", True),
+        ("ftp://qtc.example.cn/hook", False),
+        ("qtc.example.cn/hook", False),
+        ("https:///hook", False),
+        ("https://user:pw@qtc.example.cn/hook", False),
+        ("https://qtc.example.cn:99999/hook", False),
+    ],
+)
+def test_center_endpoints_are_http_or_https(url: str, ok: bool) -> None:
+    body = {"center_id": "QTC-1", "name": "Center", "url": url}
+    if ok:
+        assert CenterRequest.model_validate(body).url == url
+    else:
+        with pytest.raises(ValidationError) as caught:
+            CenterRequest.model_validate(body)
+        assert caught.value.errors()[0]["loc"] == ("url",)
+
+
+def test_a_given_secret_must_be_long_enough() -> None:
+    with pytest.raises(ValidationError):
+        CenterRequest.model_validate({"center_id": "Q", "name": "n", "url": "http://h/", "secret": "short"})
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+
+def test_a_signature_verifies_and_names_its_algorithm() -> None:
+    body = envelope("verdict", "d1", '{"verdict_id": "T-1/v1"}')
+    signature = sign(SECRET, 1_790_000_000, body)
+    assert signature.startswith("sha256=") and len(signature) == len("sha256=") + 64
+    assert verify(SECRET, "1790000000", body, signature, now=1_790_000_010)
+
+
+def test_a_tampered_body_or_timestamp_or_wrong_secret_fails() -> None:
+    body = envelope("verdict", "d1", {"outcome": "qualified"})
+    signature = sign(SECRET, 1_790_000_000, body)
+    now = 1_790_000_000.0
+    assert not verify(SECRET, 1_790_000_000, body.replace(b"qualified", b"unqualified"), signature, now=now)
+    assert not verify(SECRET, 1_790_000_001, body, signature, now=now)
+    assert not verify("another-secret-0123456789", 1_790_000_000, body, signature, now=now)
+    assert not verify(SECRET, "not-a-number", body, signature, now=now)
+    assert not verify(SECRET, 1_790_000_000, body, "sha256=" + "0" * 64, now=now)
+
+
+def test_a_stale_or_future_timestamp_fails() -> None:
+    body = b'{"event":"verdict"}'
+    signature = sign(SECRET, 1_790_000_000, body)
+    assert verify(SECRET, 1_790_000_000, body, signature, tolerance_seconds=300, now=1_790_000_300)
+    assert not verify(SECRET, 1_790_000_000, body, signature, tolerance_seconds=300, now=1_790_000_301)
+    assert not verify(SECRET, 1_790_000_000, body, signature, tolerance_seconds=300, now=1_789_999_699)
+
+
+def test_request_headers_carry_everything_a_center_checks() -> None:
+    body = envelope("lab-result", "abc", '{"result_id": "R-1"}')
+    headers = request_headers(SECRET, 1_790_000_000, body, "abc", "lab-result")
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Idempotency-Key"] == "abc"
+    assert headers["X-Spotcheck-Event"] == "lab-result"
+    assert headers["X-Spotcheck-Timestamp"] == "1790000000"
+    assert verify(
+        SECRET, headers["X-Spotcheck-Timestamp"], body, headers["X-Spotcheck-Signature"], now=1_790_000_000
+    )
+    assert json.loads(body) == {"event": "lab-result", "delivery_id": "abc", "data": {"result_id": "R-1"}}
+
+
+# --- retries and ids --------------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_to_the_cap_with_full_jitter() -> None:
+    ceilings = [backoff(n, 1.0, 300.0, rand=lambda: 1.0) for n in range(1, 12)]
+    assert ceilings[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert ceilings[-1] == 300.0 and max(ceilings) == 300.0
+    assert backoff(3, 1.0, 300.0, rand=lambda: 0.0) == 0.0
+    assert backoff(3, 1.0, 300.0, rand=lambda: 0.5) == 2.0
+    assert backoff(10_000, 0.5, 60.0, rand=lambda: 1.0) == 60.0  # no overflow for huge counts
+
+
+def test_backoff_stays_within_its_bounds() -> None:
+    for failures in range(1, 20):
+        for _ in range(50):
+            delay = backoff(failures, 0.2, 30.0)
+            assert 0.0 <= delay <= min(30.0, 0.2 * 2 ** (failures - 1))
+
+
+def test_delivery_ids_are_stable_and_distinct() -> None:
+    first = delivery_id("QTC-1", "verdict", "T-2026-000001/v1")
+    assert first == delivery_id("QTC-1", "verdict", "T-2026-000001/v1")
+    assert len(first) == 32 and int(first, 16) >= 0
+    others = {
+        delivery_id("QTC-2", "verdict", "T-2026-000001/v1"),
+        delivery_id("QTC-1", "verdict", "T-2026-000001/v2"),
+        delivery_id("QTC-1", "lab-result", "T-2026-000001/v1"),
+    }
+    assert first not in others and len(others) == 3
+
+
+def test_a_delivery_attempt_is_an_event_of_its_own_schema() -> None:
+    attempt = DeliveryAttempt(
+        attempt_id="a1",
+        delivery_id="d1",
+        center_id="QTC-1",
+        event="verdict",
+        event_id="T-1/v1",
+        task_id="T-1",
+        round=1,
+        attempt=2,
+        outcome="retrying",
+        status=500,
+        error="HTTP 500",
+        duration_ms=12.5,
+        url="http://127.0.0.1:1/hook",
+        attempted_at=datetime(2026, 11, 24, tzinfo=UTC),
+        next_attempt_at=datetime(2026, 11, 24, 0, 0, 2, tzinfo=UTC),
+    )
+    raw = json.loads(attempt.to_json())
+    assert raw["schema"] == "delivery/1" and raw["status"] == 500
+    assert DeliveryAttempt.from_json(attempt.to_json()) == attempt
