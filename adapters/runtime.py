@@ -29,8 +29,8 @@ from spotcheck.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-ROLES = ("api", "verdicts", "sink", "streams")
-WORKER_COMPONENTS = ("verdicts", "store-sink", "streams")  # heartbeats /healthz requires
+ROLES = ("api", "verdicts", "sink", "push", "streams")
+WORKER_COMPONENTS = ("verdicts", "store-sink", "center-push", "streams")  # heartbeats /healthz requires
 
 
 def configure_logging(settings: Settings) -> None:
@@ -182,6 +182,7 @@ async def workers(
     """The in-process workers (api, verdicts, sink, demo simulator); yields them by name."""
     from adapters.api.app import Api, create_app
     from consumers.base import BatchConsumer
+    from consumers.centers import CenterPush
     from consumers.sink import StoreSink
     from consumers.verdicts import VerdictProcessor
 
@@ -200,6 +201,9 @@ async def workers(
         if "sink" in roles:
             consumers.append(StoreSink(settings, store))
             started["sink"] = consumers[-1]
+        if "push" in roles:
+            consumers.append(CenterPush(settings, store, producer))
+            started["push"] = consumers[-1]
         await asyncio.gather(*(c.start() for c in consumers))  # they join their groups together
         for c in consumers:
             stack.push_async_callback(c.stop)
@@ -296,9 +300,9 @@ async def _up(settings: Settings, demo: bool, console: Console, progress: Progre
         await prepare(effective, progress)
         token = admin_token(effective, console)
         async with streams_process(effective) as streams, AsyncExitStack() as stack:
-            roles = ("api", "verdicts", "sink")
+            roles = ("api", "verdicts", "sink", "push")
             with progress.step(
-                "verdict processor, store sink"
+                "verdict processor, store sink, center push"
                 + (", lab simulator" if demo else "")
                 + f" and HTTP API on http://{effective.http_host}:{effective.http_port}"
             ):

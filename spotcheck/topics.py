@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spotcheck.centers import DeliveryAttempt
 from spotcheck.events import DeadLetter, Event, LabResult, SamplingTask, Verdict
 from spotcheck.settings import Settings
 
@@ -25,7 +26,7 @@ CUSTODY = Topic("custody", "task_id", None, "chain-of-custody steps of a sample"
 LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", copartitioned=True)
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
 ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")
-DELIVERIES = Topic("deliveries", "center_id", None, "outcomes of pushes to testing centers")
+DELIVERIES = Topic("deliveries", "center_id", DeliveryAttempt, "outcomes of pushes to testing centers")
 DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
 
 CATALOG: tuple[Topic, ...] = (

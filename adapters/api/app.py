@@ -309,4 +309,4 @@ openapi.DOCS.update(
 )
 
 
-ROUTE_MODULES: tuple[str, ...] = ("adapters.api.labs",)  # modules with `register(app)`
+ROUTE_MODULES: tuple[str, ...] = ("adapters.api.labs", "adapters.api.centers")  # modules with `register(app)`

@@ -6,6 +6,7 @@ import typer
 
 from spotcheck.cli import offline, platform
 from spotcheck.cli.bench import bench_app
+from spotcheck.cli.centers import centers_app
 from spotcheck.cli.labs import labs_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ offline.register(app)
 platform.register(app)
 app.add_typer(bench_app, name="bench")
 app.add_typer(labs_app, name="labs")
+app.add_typer(centers_app, name="centers")
 
 
 def main() -> None:

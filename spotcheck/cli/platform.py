@@ -38,7 +38,7 @@ def up(
     raise typer.Exit(asyncio.run(run_up(_settings(), demo, console)))
 
 
-def run(roles: Annotated[list[str], typer.Argument(help="api, verdicts, sink or streams")]) -> None:
+def run(roles: Annotated[list[str], typer.Argument(help="api, verdicts, sink, push or streams")]) -> None:
     """Run one or more workers against a configured broker and database (for deployments)."""
     from adapters.runtime import ROLES, run_roles, run_streams
 

@@ -105,9 +105,9 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def platform(settings: Settings, store: Store) -> AsyncIterator[dict[str, Any]]:
-    async with workers(settings, ("api", "verdicts", "sink"), TOKEN) as started:
-        await asyncio.wait_for(started["verdicts"].ready.wait(), 30)  # type: ignore[attr-defined]
-        await asyncio.wait_for(started["sink"].ready.wait(), 30)  # type: ignore[attr-defined]
+    async with workers(settings, ("api", "verdicts", "sink", "push"), TOKEN) as started:
+        for name in ("verdicts", "sink", "push"):
+            await asyncio.wait_for(started[name].ready.wait(), 30)  # type: ignore[attr-defined]
         yield started
 
 

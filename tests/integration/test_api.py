@@ -42,6 +42,7 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
                 "database": "up",
                 "verdicts": "up",
                 "store-sink": "up",
+                "center-push": "up",
                 "streams": "down",
             }
 

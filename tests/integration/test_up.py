@@ -77,6 +77,7 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
             "database": "up",
             "verdicts": "up",
             "store-sink": "up",
+            "center-push": "up",
             "streams": "up",
         }
         assert _get(f"{base}/api/v1/verdicts")[0] == 401

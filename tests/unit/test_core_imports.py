@@ -13,6 +13,10 @@ CORE = (
     "spotcheck.events",
     "spotcheck.topics",
     "spotcheck.settings",
+    "spotcheck.samples",
+    "spotcheck.tasks",
+    "spotcheck.labs",
+    "spotcheck.centers",
     "spotcheck.cli",
 )
 FORBIDDEN = ("aiokafka", "faust", "asyncpg", "aiohttp")
