@@ -342,7 +342,7 @@ def run_streams(settings: Settings) -> None:
 
 
 async def run_roles(settings: Settings, roles: tuple[str, ...], console: Console) -> int:
-    """`spotcheck run api|verdicts|sink`: one deployable worker, against configured services."""
+    """`spotcheck run api|verdicts|sink|push`: workers for deployments, against configured services."""
     if settings.embedded_broker or settings.embedded_database:
         console.print(
             "[red]`spotcheck run` needs SPOTCHECK_KAFKA_BOOTSTRAP and "

@@ -30,6 +30,7 @@ ALLOWED_INVOCATIONS = {
     ("run", "api"),
     ("run", "verdicts"),
     ("run", "sink"),
+    ("run", "push"),
     ("run", "streams"),
 }
 LONG_RUNNING = {inv for inv in ALLOWED_INVOCATIONS if inv[0] == "run"}
