@@ -238,3 +238,43 @@ async def test_a_lab_with_confluent_kafka_as_in_the_readme(
     assert await asyncio.to_thread(publish) == []
     view = await eventually(lambda: verdict_of(http, task["task_id"]))
     assert view["verdict"]["outcome"] == "qualified"
+
+
+async def test_http_corrections_and_a_scope_that_shrank(
+    settings: Settings, http: aiohttp.ClientSession, diesel_lab: dict[str, Any]
+) -> None:
+    task = await create_task(
+        http, spec=DIESEL, product="0# diesel", items=["sulfur", "cetane_number"], lab_id="LAB-D"
+    )
+    sulfur, cetane = result(task, "sulfur", "10.6"), result(task, "cetane_number", "51.2")
+    async with lab_session(settings, diesel_lab["key"]) as lab:
+        async with lab.post("/api/v1/lab-results", json={"results": [sulfur, cetane]}) as resp:
+            assert resp.status == 202 and (await resp.json())["accepted"] == 2
+        first = await eventually(lambda: verdict_of(http, task["task_id"]))
+        assert first["verdict"]["outcome"] == "unqualified"
+        fix = result(task, "sulfur", "9.6", amends=sulfur["result_id"], reason="re-measured")
+        async with lab.post("/api/v1/lab-results", json=fix) as resp:
+            assert resp.status == 202
+        second = await eventually(lambda: verdict_of(http, task["task_id"], version=2))
+        assert second["verdict"]["outcome"] == "qualified"
+        history = {r["result_id"]: r for r in second["results"]}
+        assert history[fix["result_id"]]["amends"] == sulfur["result_id"]  # both kept, linked
+        assert sulfur["result_id"] in history
+
+        # the accreditation no longer covers cetane number: a new result for it is refused
+        await cli_run(
+            settings,
+            "labs",
+            "add",
+            "LAB-D",
+            "--name",
+            "Dongying diesel lab",
+            "--product",
+            "motor diesel",
+            "--items",
+            "sulfur",
+        )
+        late = result(task, "cetane_number", "51.0", amends=cetane["result_id"], reason="re-run")
+        async with lab.post("/api/v1/lab-results", json=late) as resp:
+            body = await resp.json()
+            assert resp.status == 403 and "outside the accreditation scope" in body["error"]
