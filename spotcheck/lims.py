@@ -300,7 +300,7 @@ class ExportReader:
         a file that cannot be read at all raises ExportError."""
         kind = kind or export_format(name)
         if kind is None:
-            raise ExportError(f"{name}: not a .csv, .jsonl or .ndjson file", line=1)
+            raise ExportError("not a .csv, .jsonl or .ndjson file", line=1)
         text = self._decode(data)
         records = self._csv(text) if kind == "csv" else self._jsonl(text)
         rows: list[Row] = []
@@ -405,6 +405,8 @@ class ExportReader:
                 if key is None:
                     if field in REQUIRED and problem is None:
                         problem = f"no {wanted!r} key ({field})"
+                    elif columns.needed(field):  # named in the mapping: missing means blank
+                        cells[field] = ""
                     continue
                 value = obj[key]
                 if value is None:

@@ -186,12 +186,12 @@ class FileReport:
     def summary(self) -> str:
         if self.file_error is not None:
             return f"{self.label}: not imported"
+        head = f"{self.label}: {self.rows} row{'' if self.rows == 1 else 's'}"
         if self.dry_run:
             ready = self.rows - len(self.problems)
-            return f"{self.label}: {self.rows} rows: {ready} ready to send, {len(self.problems)} rejected"
+            return f"{head}: {ready} ready to send, {len(self.problems)} rejected"
         return (
-            f"{self.label}: {self.rows} rows: {self.accepted} accepted, "
-            f"{self.duplicates} duplicates, {len(self.problems)} rejected"
+            f"{head}: {self.accepted} accepted, {self.duplicates} duplicates, {len(self.problems)} rejected"
         )
 
     def error_lines(self) -> list[str]:

@@ -143,6 +143,10 @@ async def test_bad_rows_are_reported_by_line_and_kept_as_dead_letters(
         assert any(f"bad.csv:{line}: " in letter["payload"] for letter in letters)
     assert any("unknown task T-2020-999999" in letter["reason"] for letter in letters)
 
+    async def stored() -> bool:  # "duplicate" is answered for results the platform has stored
+        return len((await view_of(http, t))["results"]) == 2
+
+    await eventually(stored)
     again = await run(settings, "import", "results", str(bad), "--lab", lab1)
     assert again.exit_code == 2, again.output
     assert f"{bad}: 6 rows: 0 accepted, 2 duplicates, 4 rejected" in again.stderr.splitlines()

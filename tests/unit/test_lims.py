@@ -203,6 +203,13 @@ def test_jsonl_numbers_keep_their_digits() -> None:
     assert [r.body["value"] for r in rows] == ["8.30", "9"]
 
 
+def test_jsonl_unit_key_named_in_the_mapping_is_required() -> None:
+    no_unit = {k: v for k, v in GOOD.items() if k != "unit"}
+    assert jsonl(no_unit)[0].body["unit"] == "mg/kg"  # no unit anywhere: the item's unit
+    (row,) = jsonl(no_unit, mapping=parse_mapping('[columns]\nunit = "unit"\n'))
+    assert row.error == "no unit given; sulfur is reported in mg/kg"
+
+
 def test_jsonl_row_errors_have_line_numbers() -> None:
     rows = jsonl(
         GOOD,
