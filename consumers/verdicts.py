@@ -80,7 +80,6 @@ class VerdictProcessor(BatchConsumer):
         self._lab_store = LabStore(store)
         self.labs: dict[str, Lab] = {}
         self._labs_at = -LABS_REFRESH_SECONDS
-        self._products: dict[str, str] = {}
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Partitions moved to another member: its state there is rebuilt from the store.
@@ -223,11 +222,10 @@ class VerdictProcessor(BatchConsumer):
             claimed = value.decode(errors="replace")
             if name == LAB_HEADER and claimed != result.lab_id:
                 return f"the {LAB_HEADER} header says {claimed}, the result says {result.lab_id}"
-        spec = state.task.spec
-        product = self._products.get(spec)
-        if product is None:
-            product = self._products[spec] = load_catalog().get(spec).product
-        return result_refusal(self.labs.get(result.lab_id), state.task, product, result)
+        refusal = result_refusal(
+            self.labs.get(result.lab_id), state.task, load_catalog().get(state.task.spec), result
+        )
+        return refusal.reason if refusal is not None else None
 
     async def _refresh_labs(self, lab_ids: set[str]) -> None:
         """Reload the registry when it is older than a few seconds or a lab is not known yet."""

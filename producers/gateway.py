@@ -176,9 +176,10 @@ class LabGateway:
                 f"{task.task_id} (planned: {', '.join(task.items)})",
                 "item",
             )
-        refusal = result_refusal(lab, task, catalog.get(task.spec).product, result)
+        refusal = result_refusal(lab, task, catalog.get(task.spec), result)
         if refusal is not None:
-            return Outcome(where, rid, "forbidden", refusal, "task_id" if "assigned" in refusal else "item")
+            status: Status = "forbidden" if refusal.forbidden else "invalid"
+            return Outcome(where, rid, status, refusal.reason, refusal.field)
         return Outcome(where, rid, "accepted")
 
 

@@ -6,12 +6,15 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spotcheck.errors import InvalidInput
 from spotcheck.events import Ident, LabResult, SamplingTask
+from spotcheck.specs import Spec
+from spotcheck.units import unit_key
 
 KEY_PREFIX = "sclab"
 
@@ -59,19 +62,43 @@ class Lab(BaseModel):
         return any(entry.covers(spec_id, product, item) for entry in self.scope)
 
 
-def result_refusal(lab: Lab | None, task: SamplingTask, product: str, result: LabResult) -> str | None:
+@dataclass(frozen=True)
+class Refusal:
+    """Why a result is refused: the reason, the field at fault, and whether it is a matter of
+    permission (forbidden: another lab's task, outside the accreditation) or of content."""
+
+    reason: str
+    field: str
+    forbidden: bool = True
+
+
+def result_refusal(lab: Lab | None, task: SamplingTask, spec: Spec, result: LabResult) -> Refusal | None:
     """Why a lab may not report this result for this task, or None. The same rule for every way in
-    (HTTP, files, Kafka); `product` is the task's spec category from the catalog."""
+    (HTTP, files, Kafka); `spec` is the task's spec from the catalog."""
     if result.task_id != task.task_id:
-        return f"result is for task {result.task_id}, not {task.task_id}"
+        return Refusal(f"result is for task {result.task_id}, not {task.task_id}", "task_id", False)
     if result.lab_id != task.lab_id:
-        return f"task {task.task_id} is assigned to lab {task.lab_id}, not {result.lab_id}"
+        return Refusal(
+            f"task {task.task_id} is assigned to lab {task.lab_id}, not {result.lab_id}", "task_id"
+        )
     if lab is None:
-        return f"lab {result.lab_id} is not in the registry"
+        return Refusal(f"lab {result.lab_id} is not in the registry", "lab_id")
     if not lab.enabled:
-        return f"lab {lab.lab_id} is disabled"
-    if not lab.covers(task.spec, product, result.item):
-        return f"item {result.item!r} of {task.spec} is outside the accreditation scope of lab {lab.lab_id}"
+        return Refusal(f"lab {lab.lab_id} is disabled", "lab_id")
+    if not lab.covers(task.spec, spec.product, result.item):
+        return Refusal(
+            f"item {result.item!r} of {task.spec} is outside the accreditation scope of lab {lab.lab_id}",
+            "item",
+        )
+    if spec.has(result.item):
+        wanted = spec.item(result.item).unit
+        if result.unit and wanted and unit_key(result.unit) != unit_key(wanted):
+            return Refusal(
+                f"unit {result.unit!r} is not the unit of {result.item} in {task.spec} "
+                f"({wanted}); convert the value before sending it",
+                "unit",
+                False,
+            )
     return None
 
 

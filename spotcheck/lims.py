@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import tomllib
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spotcheck.errors import InvalidInput
 from spotcheck.events import LabResult, decimal_string, describe_validation_error
 from spotcheck.specs import Catalog, load_catalog
+from spotcheck.units import unit_key
 
 Format = Literal["csv", "jsonl"]
 SUFFIXES: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -169,13 +169,6 @@ def load_mapping(path: str | Path) -> ExportMapping:
 def export_format(name: str) -> Format | None:
     """The format of an export by its file name, or None if it is not one."""
     return SUFFIXES.get(Path(name).suffix.lower())
-
-
-def unit_key(unit: str) -> str:
-    """A unit as compared: compatibility forms folded (℃, µ, ³), case, spaces and brackets ignored,
-    so "% (m/m)", "%m/m" and "% M/M" are one unit."""
-    folded = unicodedata.normalize("NFKC", unit).casefold()
-    return "".join(c for c in folded if not c.isspace() and c not in "()[]")
 
 
 _SCALES: dict[tuple[str, str], int] = {}
