@@ -7,8 +7,6 @@ import re
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spotcheck.cli.client import ApiOpt, TokenOpt, admin_token
+from spotcheck.cli.client import ApiOpt, TokenOpt, Unreachable, admin_token, base_url, error_text, request
 from spotcheck.events import Ident
 from spotcheck.lims import ExportError, ExportReader, MappingError, Row, export_format, load_mapping
 from spotcheck.settings import Settings
@@ -79,8 +77,7 @@ class _TooLarge(ApiError):
 
 @dataclass
 class Client:
-    """Posts batches to POST /api/v1/lab-results and returns one outcome per result, in order.
-    (Not `client.api_call`: that one ends the command on any 4xx and sends no extra headers.)"""
+    """Posts batches to POST /api/v1/lab-results and returns one outcome per result, in order."""
 
     base: str
     bearer: str
@@ -121,50 +118,33 @@ class Client:
         raise AssertionError("unreachable")
 
     def _post(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        req = urllib.request.Request(
-            self.base.rstrip("/") + "/api/v1/lab-results",
-            data=json.dumps({"results": batch}, ensure_ascii=False).encode(),
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {self.bearer}",
-                "Content-Type": "application/json",
-                ON_BEHALF: self.lab_id,
-            },
-        )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                answer = json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            detail = _error_text(exc.read())
-            if exc.code == 413:
-                raise _TooLarge(detail) from None
-            if exc.code >= 500:
-                raise ApiError(f"{exc.code}: {detail}", UNREACHABLE, retriable=True) from None
-            hint = {401: " (check --key / SPOTCHECK_LAB_KEY or the admin token)"}.get(exc.code, "")
-            raise ApiError(f"{exc.code}: {detail}{hint}", REJECTED) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            status, answer = request(
+                "POST",
+                self.base.rstrip("/") + "/api/v1/lab-results",
+                {"results": batch},
+                self.bearer,
+                {ON_BEHALF: self.lab_id},
+                timeout=self.timeout,
+            )
+        except Unreachable as exc:
             raise ApiError(
-                f"cannot reach the API at {self.base}: {reason} (is `spotcheck up` running?)",
+                f"cannot reach the API at {self.base}: {exc} (is `spotcheck up` running?)",
                 UNREACHABLE,
                 retriable=True,
             ) from None
-        except ValueError:
-            raise ApiError("the API answered something that is not JSON", UNREACHABLE) from None
+        if status == 413:
+            raise _TooLarge(error_text(answer))
+        if status >= 500:
+            raise ApiError(f"{status}: {error_text(answer)}", UNREACHABLE, retriable=True)
+        if status >= 400:
+            hint = {401: " (check --key / SPOTCHECK_LAB_KEY or the admin token)"}.get(status, "")
+            raise ApiError(f"{status}: {error_text(answer)}{hint}", REJECTED)
         if not isinstance(answer, dict) or not isinstance(answer.get("outcomes"), list):
             raise ApiError(f"unexpected answer from the API: {str(answer)[:200]}", UNREACHABLE)
         by_where = {o.get("where"): o for o in answer["outcomes"] if isinstance(o, dict)}
         missing = {"status": "invalid", "reason": "the platform gave no outcome for this row"}
         return [by_where.get(i, missing) for i in range(len(batch))]
-
-
-def _error_text(raw: bytes) -> str:
-    text = raw.decode(errors="replace").strip()
-    try:
-        parsed = json.loads(text)
-        return str(parsed["error"]) + (f" (field: {parsed['field']})" if parsed.get("field") else "")
-    except (ValueError, KeyError, TypeError):
-        return text[:300] or "no detail"
 
 
 @dataclass
@@ -282,9 +262,7 @@ def _setup(lab: str, mapping: Path | None) -> ExportReader:
 
 
 def _client(lab: str, key: str | None, api: str | None, token: str | None, batch_size: int) -> Client:
-    settings = Settings()
-    base = api or f"http://{settings.http_host}:{settings.http_port}"
-    return Client(base, key or token or admin_token(settings), lab, batch_size)
+    return Client(base_url(api), key or token or admin_token(Settings()), lab, batch_size)
 
 
 @import_app.command("results")
