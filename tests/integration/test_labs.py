@@ -35,6 +35,22 @@ async def cli_run(settings: Settings, *args: str) -> Any:
     return done
 
 
+async def accredit_sulfur_only(settings: Settings) -> None:
+    """LAB-D's accreditation shrinks to diesel sulfur."""
+    await cli_run(
+        settings,
+        "labs",
+        "add",
+        "LAB-D",
+        "--name",
+        "Dongying diesel lab",
+        "--product",
+        "motor diesel",
+        "--items",
+        "sulfur",
+    )
+
+
 @pytest.fixture
 async def diesel_lab(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Any]:
     """LAB-D, accredited for diesel sulfur and cetane number only, with a fresh key."""
@@ -168,18 +184,7 @@ async def test_kafka_results_meet_the_same_registry_checks(
     )
     topic = f"{settings.topic_namespace}.lab-results"
     # LAB-D's scope shrinks after the task was made: cetane number is no longer accredited
-    await cli_run(
-        settings,
-        "labs",
-        "add",
-        "LAB-D",
-        "--name",
-        "Dongying diesel lab",
-        "--product",
-        "motor diesel",
-        "--items",
-        "sulfur",
-    )
+    await accredit_sulfur_only(settings)
     await asyncio.sleep(6)  # the processor re-reads the registry every few seconds
     sulfur = result(task, "sulfur", "7.2")
     await lab.send_and_wait(
@@ -262,18 +267,7 @@ async def test_http_corrections_and_a_scope_that_shrank(
         assert sulfur["result_id"] in history
 
         # the accreditation no longer covers cetane number: a new result for it is refused
-        await cli_run(
-            settings,
-            "labs",
-            "add",
-            "LAB-D",
-            "--name",
-            "Dongying diesel lab",
-            "--product",
-            "motor diesel",
-            "--items",
-            "sulfur",
-        )
+        await accredit_sulfur_only(settings)
         late = result(task, "cetane_number", "51.0", amends=cetane["result_id"], reason="re-run")
         async with lab.post("/api/v1/lab-results", json=late) as resp:
             body = await resp.json()
