@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spotcheck.centers import DeliveryAttempt
+from spotcheck.custody import CustodyStep
 from spotcheck.events import DeadLetter, Event, LabResult, SamplingTask, Verdict
 from spotcheck.settings import Settings
 
@@ -22,7 +23,7 @@ class Topic:
 
 
 TASKS = Topic("tasks", "task_id", SamplingTask, "sampling tasks", copartitioned=True)
-CUSTODY = Topic("custody", "task_id", None, "chain-of-custody steps of a sample", copartitioned=True)
+CUSTODY = Topic("custody", "task_id", CustodyStep, "chain-of-custody steps of a sample", copartitioned=True)
 LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", copartitioned=True)
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
 ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")

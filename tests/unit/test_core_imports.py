@@ -17,6 +17,11 @@ CORE = (
     "spotcheck.tasks",
     "spotcheck.labs",
     "spotcheck.centers",
+    "spotcheck.custody",
+    "spotcheck.draws",
+    "spotcheck.draw_stats",
+    "spotcheck.lims",
+    "spotcheck.units",
     "spotcheck.cli",
 )
 FORBIDDEN = ("aiokafka", "faust", "asyncpg", "aiohttp")
