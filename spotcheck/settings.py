@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # Domain.
     timezone: str = "Asia/Shanghai"
 
+    # Scheduling and chain of custody.
+    sampling_days: int = Field(default=30, ge=0, description="days a drawn task has to be sampled")
+    max_transit_hours: float = Field(default=48.0, gt=0, description="sampled/shipped to received")
+    overdue_check_seconds: float = Field(default=30.0, gt=0, description="how often deadlines are checked")
+    inspector_token_cache_seconds: float = Field(default=10.0, ge=0)
+
     # Demo simulator.
     demo_rate: float = Field(default=2.0, gt=0, description="simulated samples per second")
     demo_fail_share: float = Field(default=0.1, ge=0, le=1)

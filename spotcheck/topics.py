@@ -28,6 +28,9 @@ LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", 
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
 ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")
 DELIVERIES = Topic("deliveries", "center_id", DeliveryAttempt, "outcomes of pushes to testing centers")
+REGISTRY = Topic("registry", "record_id", None, "directory changes: enterprises, inspectors, products")
+DRAWS = Topic("draws", "draw_id", None, "published draws with their seed and directory digest")
+ALERTS = Topic("alerts", "task_id", None, "overdue tasks and other deadline alerts")
 DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
 
 CATALOG: tuple[Topic, ...] = (
@@ -37,6 +40,9 @@ CATALOG: tuple[Topic, ...] = (
     VERDICTS,
     ACTIONS,
     DELIVERIES,
+    REGISTRY,
+    DRAWS,
+    ALERTS,
     DEAD_LETTERS,
 )
 

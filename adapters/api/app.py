@@ -309,4 +309,11 @@ openapi.DOCS.update(
 )
 
 
-ROUTE_MODULES: tuple[str, ...] = ("adapters.api.labs", "adapters.api.centers")  # modules with `register(app)`
+ROUTE_MODULES: tuple[str, ...] = (
+    "adapters.api.labs",
+    "adapters.api.centers",
+    "adapters.api.registry",
+    "adapters.api.custody",
+    "adapters.api.draws",
+    "adapters.api.alerts",
+)  # modules with `register(app)`

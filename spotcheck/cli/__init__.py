@@ -7,7 +7,10 @@ import typer
 from spotcheck.cli import imports, offline, platform
 from spotcheck.cli.bench import bench_app
 from spotcheck.cli.centers import centers_app
+from spotcheck.cli.custody import inspectors_app
+from spotcheck.cli.draws import campaign_app, draw_app
 from spotcheck.cli.labs import labs_app
+from spotcheck.cli.registry import registry_app
 
 app = typer.Typer(
     name="spotcheck",
@@ -23,6 +26,10 @@ imports.register(app)
 app.add_typer(bench_app, name="bench")
 app.add_typer(labs_app, name="labs")
 app.add_typer(centers_app, name="centers")
+app.add_typer(registry_app, name="registry")
+app.add_typer(inspectors_app, name="inspectors")
+app.add_typer(draw_app, name="draw")
+app.add_typer(campaign_app, name="campaign")
 
 
 def main() -> None:

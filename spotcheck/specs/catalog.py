@@ -58,6 +58,7 @@ class Spec:
     items: tuple[Item, ...]
     axes: Mapping[str, str] = field(default_factory=dict)
     note: str | None = None
+    report_days: int = 15
     _index: dict[str, Item] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -154,7 +155,7 @@ def _expand(data: StandardData, family: FamilyData) -> Iterator[Spec]:
         axes = dict(zip(names, values, strict=True))
         spec_id = family.id.format(**axes)
         items = tuple(_item(spec_id, entry, axes) for entry in family.items)
-        yield Spec(spec_id, data.standard, data.product, items, axes, family.note)
+        yield Spec(spec_id, data.standard, data.product, items, axes, family.note, data.report_days)
 
 
 def _item(spec_id: str, entry: ItemData, axes: dict[str, str]) -> Item:

@@ -159,4 +159,9 @@ class StandardData(_Data):
     title: str = Field(min_length=1)
     title_zh: str | None = None
     product: str = Field(min_length=1)
+    report_days: int = Field(
+        default=15,
+        ge=1, le=365, description="calendar days a lab has to report, counted from the day after receipt"
+    )
+    report_days_verify: bool = False
     families: list[FamilyData] = Field(min_length=1)

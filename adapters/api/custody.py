@@ -1,0 +1,9 @@
+"""HTTP routes: custody."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def register(app: web.Application) -> None:
+    """Adds this module's routes to `app`."""
