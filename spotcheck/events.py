@@ -105,6 +105,7 @@ class SamplingTask(Event):
     lab_id: Ident
     kind: TaskKind = TaskKind.RANDOM
     campaign_id: str | None = None
+    draw_id: str | None = None  # the draw that selected it (random and special tasks)
     inspectors: tuple[str, ...] = ()
     created_at: AwareDatetime
     sampled_at: AwareDatetime | None = None
