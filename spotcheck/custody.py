@@ -40,7 +40,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     S.SAMPLING: frozenset({S.SAMPLED, S.REFUSED, S.NOT_FOUND, S.NOT_SAMPLEABLE, S.CANCELLED}),
     S.SAMPLED: frozenset({S.IN_TRANSIT}),
     S.IN_TRANSIT: frozenset({S.RECEIVED}),
-    S.RECEIVED: frozenset({S.TESTING}),
+    S.RECEIVED: frozenset({S.TESTING, S.REPORTED}),
     S.TESTING: frozenset({S.REPORTED}),
     S.REPORTED: frozenset({S.JUDGED}),
     S.JUDGED: frozenset({S.CLOSED}),
@@ -51,7 +51,9 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     S.CANCELLED: frozenset(),
 }
 """Each state and the states a step may move it to. No step goes back: a re-test (复检) is a new task
-on the retained sample, a lab correction amends a result, a verdict correction is a new version."""
+on the retained sample, a lab correction amends a result, a verdict correction is a new version.
+A received sample may be reported without a testing step (the lab's results came in, a verdict was
+reached, and nobody marked the start of testing)."""
 
 MAIN_LINE: tuple[TaskState, ...] = (
     S.PLANNED, S.ASSIGNED, S.SAMPLING, S.SAMPLED, S.IN_TRANSIT,
@@ -81,7 +83,7 @@ ROLES: dict[TaskState, frozenset[Role]] = {
     S.NOT_SAMPLEABLE: _FIELD,
     S.RECEIVED: _LAB,
     S.TESTING: _LAB,
-    S.REPORTED: _LAB,
+    S.REPORTED: _LAB | {Role.SYSTEM},  # the verdict processor records it when a verdict is reached
     S.JUDGED: _OFFICE,
     S.CLOSED: _OFFICE,
     S.CANCELLED: _OFFICE,
@@ -173,7 +175,7 @@ class CustodyStep(Event):
                 raise ValueError("a received step records the seal number observed (seals.test)")
         elif self.seal_state is not None:
             raise ValueError("the seal state is recorded on a received step only")
-        if step in ROLES and ROLES[step] == _LAB and self.lab_id is None:
+        if self.actor_role is Role.LAB and self.lab_id is None:
             raise ValueError(f"a {step} step names the lab (lab_id)")
         return self
 
@@ -238,6 +240,33 @@ def permission_problem(step: CustodyStep, assigned: frozenset[str], lab_id: str)
     if step.actor_role is Role.LAB and step.lab_id != lab_id:
         return f"task {step.task_id} is assigned to lab {lab_id}, not {step.lab_id}"
     return None
+
+
+SYSTEM_ACTOR = "system"
+
+
+def verdict_steps(state: TaskState, task_id: str, verdict_id: str, at: datetime) -> list[CustodyStep]:
+    """The system steps a verdict records for a task in `state`: reported (unless the lab did) and
+    judged, once its sample is at the lab; nothing for a task whose trail has not reached the lab or
+    is past it. Their step ids derive from the verdict's, so a re-delivered verdict adds nothing."""
+    if state in (S.RECEIVED, S.TESTING):
+        targets: tuple[TaskState, ...] = (S.REPORTED, S.JUDGED)
+    elif state is S.REPORTED:
+        targets = (S.JUDGED,)
+    else:
+        return []
+    return [
+        CustodyStep(
+            step_id=f"{verdict_id}/{target}",
+            task_id=task_id,
+            step=target,
+            actor=SYSTEM_ACTOR,
+            actor_role=Role.SYSTEM,
+            at=at,
+            reason=f"verdict {verdict_id}",
+        )
+        for target in targets
+    ]
 
 
 def initial_state(task: SamplingTask) -> TaskState:

@@ -29,6 +29,7 @@ from spotcheck.custody import (
     sampling_due,
     sampling_overdue,
     trail_gaps,
+    verdict_steps,
 )
 from spotcheck.errors import InvalidInput
 from spotcheck.events import SamplingTask
@@ -79,7 +80,7 @@ def step(target: TaskState, n: int = 0, **kw: Any) -> CustodyStep:
     if target is S.RECEIVED:
         fields["seal_state"] = "intact"
         fields["seals"] = {"test": "SEAL-001"}
-    if ROLES.get(target) == frozenset({Role.LAB}):
+    if Role.LAB in ROLES.get(target, ()):
         fields["lab_id"] = LAB
     if target in (S.REFUSED, S.NOT_FOUND, S.NOT_SAMPLEABLE, S.CANCELLED):
         fields["reason"] = "the station was closed for renovation"
@@ -249,6 +250,48 @@ def test_a_step_of_another_task_is_refused() -> None:
     custody = TaskCustody.start(make_task())
     with pytest.raises(InvalidInput, match="sent to task T-2026-000042"):
         custody.apply(step(S.SAMPLING, task_id="T-2026-000043"))
+
+
+# ---- the steps a verdict records
+
+
+@pytest.mark.parametrize(
+    ("state", "targets"),
+    [
+        (S.RECEIVED, [S.REPORTED, S.JUDGED]),
+        (S.TESTING, [S.REPORTED, S.JUDGED]),
+        (S.REPORTED, [S.JUDGED]),
+        (S.IN_TRANSIT, []),
+        (S.ASSIGNED, []),
+        (S.JUDGED, []),
+        (S.CLOSED, []),
+        (S.REFUSED, []),
+    ],
+)
+def test_a_verdict_records_reported_and_judged_once_the_sample_is_at_the_lab(
+    state: TaskState, targets: list[TaskState]
+) -> None:
+    steps = verdict_steps(state, "T-2026-000042", "T-2026-000042/v1", T0)
+    assert [s.step for s in steps] == targets
+    assert all(s.actor_role is Role.SYSTEM and s.at == T0 and s.lab_id is None for s in steps)
+    assert [s.step_id for s in steps] == [f"T-2026-000042/v1/{t}" for t in targets]
+
+
+def test_verdict_steps_take_a_received_task_to_judged_and_a_redelivery_changes_nothing() -> None:
+    custody = TaskCustody(make_task(), S.RECEIVED, ASSIGNED)
+    steps = verdict_steps(custody.state, "T-2026-000042", "T-2026-000042/v1", T0)
+    assert [custody.apply(s) for s in steps] == [True, True]
+    assert custody.state is S.JUDGED
+    assert [custody.apply(s) for s in steps] == [False, False]
+    assert verdict_steps(custody.state, "T-2026-000042", "T-2026-000042/v1", T0) == []
+
+
+def test_a_lab_step_names_its_lab_and_a_system_step_does_not() -> None:
+    with pytest.raises(ValidationError, match="names the lab"):
+        step(S.REPORTED, lab_id=None)
+    system = step(S.REPORTED, actor_role="system", lab_id=None)
+    assert apply(S.TESTING, system, ASSIGNED, LAB) is S.REPORTED
+    assert apply(S.RECEIVED, system, ASSIGNED, LAB) is S.REPORTED
 
 
 # ---- the trail
