@@ -21,7 +21,7 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from fractions import Fraction
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,71 +29,18 @@ from spotcheck.draw_stats import SeedStream, allocate
 from spotcheck.errors import InvalidInput
 from spotcheck.events import Event, Ident
 from spotcheck.labs import Lab
+from spotcheck.registry import Enterprise as Enterprise
+from spotcheck.registry import EnterpriseId as EnterpriseId
+from spotcheck.registry import EnterpriseKind as EnterpriseKind
+from spotcheck.registry import Inspector as Inspector
+from spotcheck.registry import LicenceStatus as LicenceStatus
+from spotcheck.registry import _sorted_unique
 from spotcheck.specs import Catalog, load_catalog
 
 MIN_SEED_BYTES = 16
 NEVER_CHECKED_MONTHS = 36
 
-EnterpriseId = Annotated[str, Field(pattern=r"^[0-9A-HJ-NPQRTUWXY]{18}$")]
-"""A unified social credit code (统一社会信用代码): 18 characters (the check digit is not verified)."""
-
 StratumKey = Literal["district", "kind"]
-
-
-class EnterpriseKind(StrEnum):
-    PRODUCER = "producer"
-    DEPOT = "depot"
-    FILLING_STATION = "filling-station"
-    SELLER = "seller"
-
-
-class LicenceStatus(StrEnum):
-    VALID = "valid"
-    NOT_REQUIRED = "not-required"
-    EXPIRED = "expired"
-    SUSPENDED = "suspended"
-    REVOKED = "revoked"
-
-
-def _sorted_unique(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(values)))
-
-
-class Enterprise(BaseModel):
-    """A target of the directory: who it is, where, what it makes or sells."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enterprise_id: EnterpriseId
-    name: str = Field(min_length=1, max_length=200)
-    district: str = Field(min_length=1, max_length=100)
-    kind: EnterpriseKind
-    products: tuple[str, ...] = Field(description="product categories as the catalog names them")
-    licence_status: LicenceStatus = LicenceStatus.VALID
-    supplied_by: tuple[EnterpriseId, ...] = ()
-
-    @field_validator("products", "supplied_by")
-    @classmethod
-    def _canonical(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        return _sorted_unique(values)
-
-
-class Inspector(BaseModel):
-    """An enforcement officer of the directory, with the enterprises they must stay away from
-    (回避: former employer, relatives)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    inspector_id: Ident
-    name: str = Field(min_length=1, max_length=100)
-    unit: str = Field(min_length=1, max_length=200)
-    district: str = Field(min_length=1, max_length=100)
-    excluded_enterprises: tuple[EnterpriseId, ...] = ()
-
-    @field_validator("excluded_enterprises")
-    @classmethod
-    def _canonical(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        return _sorted_unique(values)
 
 
 def _by_id(records: tuple[Any, ...], attr: str, what: str) -> tuple[Any, ...]:

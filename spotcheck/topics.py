@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from spotcheck.centers import DeliveryAttempt
 from spotcheck.custody import CustodyStep
 from spotcheck.events import DeadLetter, Event, LabResult, SamplingTask, Verdict
+from spotcheck.registry import RegistryChange
 from spotcheck.settings import Settings
 
 
@@ -28,7 +29,7 @@ LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", 
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
 ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")
 DELIVERIES = Topic("deliveries", "center_id", DeliveryAttempt, "outcomes of pushes to testing centers")
-REGISTRY = Topic("registry", "record_id", None, "directory changes: enterprises, inspectors, products")
+REGISTRY = Topic("registry", "record_id", RegistryChange, "changes of the directory of targets and staff")
 DRAWS = Topic("draws", "draw_id", None, "published draws with their seed and directory digest")
 ALERTS = Topic("alerts", "task_id", None, "overdue tasks and other deadline alerts")
 DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
