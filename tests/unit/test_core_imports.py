@@ -20,6 +20,8 @@ CORE = (
     "spotcheck.custody",
     "spotcheck.draws",
     "spotcheck.draw_stats",
+    "spotcheck.registry",
+    "spotcheck.registry_demo",
     "spotcheck.lims",
     "spotcheck.units",
     "spotcheck.cli",
