@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # Lab ingest (HTTP and files).
     ingest_max_batch: int = Field(default=500, ge=1, description="results per POST /api/v1/lab-results")
     lab_key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a verified key is trusted")
+    registry_max_batch: int = Field(default=1000, ge=1, description="records per POST /api/v1/registry/…")
 
     # Push to quality-testing centers.
     push_max_attempts: int = Field(default=8, ge=1)
