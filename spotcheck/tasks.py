@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from spotcheck.custody import due_after
 from spotcheck.errors import InvalidInput
 from spotcheck.events import Ident, SamplingTask, TaskKind
 from spotcheck.labs import Lab, check_assignment
@@ -30,6 +31,9 @@ class TaskRequest(BaseModel):
     campaign_id: str | None = Field(default=None, max_length=64)
     inspectors: list[Ident] = Field(default_factory=list)
     sampled_at: AwareDatetime | None = None
+    sampling_due: AwareDatetime | None = Field(
+        default=None, description="when the sample must be taken; the settings' sampling days when omitted"
+    )
 
 
 def task_id_for(number: int, created_at: datetime, zone: ZoneInfo) -> str:
@@ -37,10 +41,17 @@ def task_id_for(number: int, created_at: datetime, zone: ZoneInfo) -> str:
 
 
 def build_task(
-    request: TaskRequest, number: int, now: datetime, zone: ZoneInfo, lab: Lab | None
+    request: TaskRequest,
+    number: int,
+    now: datetime,
+    zone: ZoneInfo,
+    lab: Lab | None,
+    *,
+    sampling_days: int = 30,
 ) -> SamplingTask:
     """The task for a request; an unknown spec or item raises UnknownSpec / UnknownItem, a lab that
-    is unknown, disabled or not accredited for the items InvalidInput (field lab_id)."""
+    is unknown, disabled or not accredited for the items InvalidInput (field lab_id). It must be
+    sampled by the request's sampling_due, else by the end of the day `sampling_days` after `now`."""
     spec = load_catalog().get(request.spec)
     items = tuple(request.items) if request.items else tuple(i.code for i in spec.items)
     validate_plan(spec, items)
@@ -61,4 +72,5 @@ def build_task(
         inspectors=tuple(request.inspectors),
         created_at=now,
         sampled_at=request.sampled_at,
+        sampling_due=request.sampling_due or due_after(now, sampling_days, zone),
     )

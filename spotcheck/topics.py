@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from spotcheck.centers import DeliveryAttempt
 from spotcheck.custody import CustodyStep
+from spotcheck.deadlines import OverdueAlert
 from spotcheck.events import DeadLetter, Event, LabResult, SamplingTask, Verdict
 from spotcheck.registry import RegistryChange
 from spotcheck.settings import Settings
@@ -31,7 +32,7 @@ ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with thei
 DELIVERIES = Topic("deliveries", "center_id", DeliveryAttempt, "outcomes of pushes to testing centers")
 REGISTRY = Topic("registry", "record_id", RegistryChange, "changes of the directory of targets and staff")
 DRAWS = Topic("draws", "draw_id", None, "published draws with their seed and directory digest")
-ALERTS = Topic("alerts", "task_id", None, "overdue tasks and other deadline alerts")
+ALERTS = Topic("alerts", "task_id", OverdueAlert, "overdue tasks and other deadline alerts")
 DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
 
 CATALOG: tuple[Topic, ...] = (
