@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_transit_hours: float = Field(default=48.0, gt=0, description="sampled/shipped to received")
     overdue_check_seconds: float = Field(default=30.0, gt=0, description="how often deadlines are checked")
     inspector_token_cache_seconds: float = Field(default=10.0, ge=0)
+    campaign_check_seconds: float = Field(
+        default=300.0, gt=0, description="how often due campaign rounds are drawn"
+    )
 
     # Demo simulator.
     demo_rate: float = Field(default=2.0, gt=0, description="simulated samples per second")

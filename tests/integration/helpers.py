@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spotcheck.settings import Settings
 
@@ -88,3 +89,27 @@ async def dead_letters(http: aiohttp.ClientSession) -> list[dict[str, Any]]:
 async def _at_least(coro: Awaitable[list[Any]], n: int) -> list[Any] | None:
     items = await coro
     return items if len(items) >= n else None
+
+
+async def read_topic(
+    settings: Settings, name: str, done: Callable[[list[Any]], bool], timeout: float = 30.0
+) -> list[Any]:
+    """Records of a topic from the start, until `done(records)`."""
+    consumer = AIOKafkaConsumer(
+        f"{settings.topic_namespace}.{name}",
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not done(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}: condition not met within {timeout}s ({len(records)} records)")
+            batch = await consumer.getmany(timeout_ms=200)
+            records.extend(r for part in batch.values() for r in part)
+    finally:
+        await consumer.stop()
+    return records

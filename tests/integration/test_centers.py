@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from openapi_spec_validator import validate
 from typer.testing import CliRunner
 
@@ -48,7 +48,7 @@ from spotcheck.events import (
     Verdict,
 )
 from spotcheck.settings import Settings
-from tests.integration.helpers import TOKEN, eventually, result, send
+from tests.integration.helpers import TOKEN, eventually, read_topic, result, send
 
 pytestmark = pytest.mark.integration
 
@@ -267,30 +267,6 @@ async def publish(lab: AIOKafkaProducer, settings: Settings, *verdicts: Verdict)
 
 async def knows(push: CenterPush, *center_ids: str, not_: tuple[str, ...] = ()) -> bool:
     return all(push.knows(c) for c in center_ids) and not any(push.knows(c) for c in not_)
-
-
-async def read_topic(
-    settings: Settings, name: str, done: Callable[[list[Any]], bool], timeout: float = 30.0
-) -> list[Any]:
-    """Records of a topic from the start, until `done(records)`."""
-    consumer = AIOKafkaConsumer(
-        f"{settings.topic_namespace}.{name}",
-        bootstrap_servers=settings.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while not done(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name}: condition not met within {timeout}s ({len(records)} records)")
-            batch = await consumer.getmany(timeout_ms=200)
-            records.extend(r for part in batch.values() for r in part)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def attempts_of(records: list[Any], center_id: str) -> list[DeliveryAttempt]:

@@ -18,6 +18,7 @@ CORE = (
     "spotcheck.labs",
     "spotcheck.centers",
     "spotcheck.custody",
+    "spotcheck.scheduling",
     "spotcheck.deadlines",
     "spotcheck.draws",
     "spotcheck.draw_stats",
