@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from adapters import kafka
 from adapters.labs import LabStore
+from adapters.registry import load_demo_registry
 from adapters.store import Store
 from spotcheck.events import LabResult, SamplingTask
 from spotcheck.labs import Lab
@@ -144,7 +145,9 @@ class Simulator:
         self.created = 0
 
     async def start(self) -> None:
+        """The demo labs and the demo directory of the seed city (both idempotent), then the stream."""
         await register_demo_labs(self.store)
+        await load_demo_registry(self.store, self.producer, self.settings)
         self._labs = demo_labs()
         self._task = asyncio.create_task(self._run(), name="lab-simulator")
 
