@@ -107,6 +107,9 @@ class PlanCategory(BaseModel):
     product: str = Field(min_length=1, max_length=200)
     spec: str = Field(min_length=1, max_length=64)
     items: tuple[str, ...] | None = Field(default=None, description="all items of the spec if None")
+    kinds: tuple[EnterpriseKind, ...] | None = Field(
+        default=None, description="only enterprises of these kinds (e.g. filling stations); all if None"
+    )
     count: int | None = Field(default=None, ge=1)
     ratio: Decimal | None = Field(default=None, gt=0, le=1)
 
@@ -326,6 +329,8 @@ def draw(
         strata: dict[str, list[Enterprise]] = {}
         for enterprise in snapshot.enterprises:
             if category.product not in enterprise.products:
+                continue
+            if category.kinds is not None and enterprise.kind not in category.kinds:
                 continue
             reason = _excluded(plan, enterprise, higher, cutoff)
             if reason is not None:

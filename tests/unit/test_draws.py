@@ -511,3 +511,21 @@ def test_the_draw_modules_import_no_io_library() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def test_a_category_may_be_limited_to_kinds_of_enterprise() -> None:
+    snapshot = Snapshot(
+        enterprises=tuple(enterprise(n) for n in range(1, 21)),
+        inspectors=tuple(inspector(n) for n in range(1, 11)),
+        labs=(lab("LAB-1", ScopeEntry(spec="*")),),
+        taken_at=TAKEN,
+    )
+    stations = PlanCategory(
+        product="motor gasoline", spec=GASOLINE, count=20, kinds=(EnterpriseKind.FILLING_STATION,)
+    )
+    plan = Plan(plan_id="P-K", draw_date=date(2026, 3, 1), categories=(stations,), max_tasks_per_inspector=20)
+    result = draw(plan, snapshot, SEED)
+    kinds = {e.enterprise_id: e.kind for e in snapshot.enterprises}
+    assert {kinds[s.enterprise_id] for s in result.selections} == {EnterpriseKind.FILLING_STATION}
+    assert len(result.selections) == sum(1 for k in kinds.values() if k is EnterpriseKind.FILLING_STATION)
+    assert result.unfilled[0].detail == "20 wanted, 10 eligible"
