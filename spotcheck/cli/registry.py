@@ -256,6 +256,7 @@ def list_(
         typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
         return
     table = Table(*HEADERS[kind])
+    table.columns[0].no_wrap = True
     for record in answer[kind.value]:
         table.add_row(*_cells(kind, record))
     Console().print(table)
