@@ -29,8 +29,9 @@ from spotcheck.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-ROLES = ("api", "verdicts", "sink", "push", "streams")
-WORKER_COMPONENTS = ("verdicts", "store-sink", "center-push", "streams")  # heartbeats /healthz requires
+ROLES = ("api", "verdicts", "sink", "push", "custody", "streams")
+# the heartbeats /healthz requires
+WORKER_COMPONENTS = ("verdicts", "store-sink", "center-push", "custody", "streams")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -183,6 +184,7 @@ async def workers(
     from adapters.api.app import Api, create_app
     from consumers.base import BatchConsumer
     from consumers.centers import CenterPush
+    from consumers.custody import CustodyProcessor
     from consumers.sink import StoreSink
     from consumers.verdicts import VerdictProcessor
 
@@ -204,14 +206,20 @@ async def workers(
         if "push" in roles:
             consumers.append(CenterPush(settings, store, producer))
             started["push"] = consumers[-1]
+        if "custody" in roles:
+            consumers.append(CustodyProcessor(settings, store, producer))
+            started["custody"] = consumers[-1]
         await asyncio.gather(*(c.start() for c in consumers))  # they join their groups together
         for c in consumers:
             stack.push_async_callback(c.stop)
         if "api" in roles:
+            from adapters.custody import CustodyStore
             from adapters.labs import LabStore
 
             labs = LabStore(store, settings.lab_key_cache_seconds)
-            app = create_app(Api(settings, store, producer, token, WORKER_COMPONENTS, labs=labs))
+            custody = CustodyStore(store, settings.inspector_token_cache_seconds)
+            api = Api(settings, store, producer, token, WORKER_COMPONENTS, labs=labs, custody=custody)
+            app = create_app(api)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -300,9 +308,9 @@ async def _up(settings: Settings, demo: bool, console: Console, progress: Progre
         await prepare(effective, progress)
         token = admin_token(effective, console)
         async with streams_process(effective) as streams, AsyncExitStack() as stack:
-            roles = ("api", "verdicts", "sink", "push")
+            roles = ("api", "verdicts", "sink", "push", "custody")
             with progress.step(
-                "verdict processor, store sink, center push"
+                "verdict processor, store sink, center push, custody processor"
                 + (", lab simulator" if demo else "")
                 + f" and HTTP API on http://{effective.http_host}:{effective.http_port}"
             ):
@@ -342,7 +350,7 @@ def run_streams(settings: Settings) -> None:
 
 
 async def run_roles(settings: Settings, roles: tuple[str, ...], console: Console) -> int:
-    """`spotcheck run api|verdicts|sink|push`: workers for deployments, against configured services."""
+    """`spotcheck run api|verdicts|sink|push|custody`: workers for deployments, on configured services."""
     if settings.embedded_broker or settings.embedded_database:
         console.print(
             "[red]`spotcheck run` needs SPOTCHECK_KAFKA_BOOTSTRAP and "

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from spotcheck.custody import initial_state
 from spotcheck.errors import StoreError, TransientError
 from spotcheck.events import DeadLetter, LabResult, SamplingTask, Verdict
 
@@ -395,9 +396,11 @@ class Store:
             verdicts = await conn.fetch(
                 "SELECT payload FROM verdicts WHERE task_id = $1 ORDER BY version", task_id
             )
+            state = await conn.fetchval("SELECT state FROM task_states WHERE task_id = $1", task_id)
         history = [json.loads(v["payload"]) for v in verdicts]
         return {
             "task": json.loads(task),
+            "state": state or initial_state(SamplingTask.model_validate_json(task)).value,
             "results": [{**json.loads(r["payload"]), "state": r["state"]} for r in results],
             "verdict": history[-1] if history else None,
             "verdict_history": history,

@@ -102,18 +102,19 @@ def result_refusal(lab: Lab | None, task: SamplingTask, spec: Spec, result: LabR
     return None
 
 
-def new_key() -> tuple[str, str, str]:
-    """A new API key: (the key to hand out once, its public prefix, the hash to keep)."""
+def new_key(kind: str = KEY_PREFIX) -> tuple[str, str, str]:
+    """A new API key: (the key to hand out once, its public prefix, the hash to keep). `kind` starts
+    the key and tells keys of different holders apart (labs: sclab, inspectors: scins)."""
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(24)
-    key = f"{KEY_PREFIX}_{prefix}_{secret}"
+    key = f"{kind}_{prefix}_{secret}"
     return key, prefix, key_hash(key)
 
 
-def key_prefix(key: str) -> str | None:
-    """The public prefix of a key as handed out, or None if it is not shaped like one."""
+def key_prefix(key: str, kind: str = KEY_PREFIX) -> str | None:
+    """The public prefix of a key of `kind` as handed out, or None if it is not shaped like one."""
     parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 8:
+    if len(parts) != 3 or parts[0] != kind or len(parts[1]) != 8:
         return None
     return parts[1]
 

@@ -19,9 +19,11 @@ from pydantic import ValidationError
 
 from adapters import kafka
 from adapters.api import openapi, schemas
+from adapters.custody import TOKEN_KIND, CustodyStore
 from adapters.labs import LabStore
 from adapters.metrics import EVENTS_OUT
 from adapters.store import Store
+from spotcheck.custody import IllegalTransition
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
 from spotcheck.events import Outcome, SamplingTask, describe_validation_error
 from spotcheck.labs import Lab
@@ -46,6 +48,7 @@ class Api:
     components: tuple[str, ...]  # workers whose heartbeat /healthz requires
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     labs: LabStore | None = None  # the registry; verifies lab keys (one cache for the process)
+    custody: CustodyStore | None = None  # verifies inspectors' tokens (one cache for the process)
 
 
 API = web.AppKey("api", Api)
@@ -62,14 +65,17 @@ def error(status: int, message: str, field: str | None = None) -> web.Response:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the admin (planners, operators) or a lab with its API key."""
+    """Who is calling: the admin (planners, operators), a lab with its API key, or an inspector
+    with a token."""
 
-    kind: str  # "admin" | "lab"
+    kind: str  # "admin" | "lab" | "inspector"
     lab_id: str | None = None
+    inspector_id: str | None = None
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 LAB_ROUTES: set[str] = set()  # names of the routes a lab key may call; admin may call all
+INSPECTOR_ROUTES: set[str] = set()  # names of the routes an inspector's token may call
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -84,6 +90,11 @@ async def _authenticate(request: web.Request, api: Api) -> Principal | web.Respo
         return error(401, "missing bearer token (Authorization: Bearer …)")
     if hmac.compare_digest(token.encode(), api.admin_token.encode()):
         return Principal("admin")
+    if token.startswith(TOKEN_KIND + "_"):
+        inspector_id = await api.custody.verify_token(token) if api.custody is not None else None
+        if inspector_id is None:
+            return error(401, "token not accepted")
+        return Principal("inspector", inspector_id=inspector_id)
     lab_id = await api.labs.verify_key(token) if api.labs is not None else None
     if lab_id is None:
         return error(401, "token not accepted")
@@ -99,6 +110,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         route = request.match_info.route.name
         if found.kind == "lab" and route not in LAB_ROUTES:
             return error(403, "a lab key may not call this endpoint")
+        if found.kind == "inspector" and route not in INSPECTOR_ROUTES:
+            return error(403, "an inspector's token may not call this endpoint")
         request[PRINCIPAL] = found
     try:
         return await handler(request)
@@ -106,6 +119,16 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or None
         return error(422, describe_validation_error(exc), field)
+    except IllegalTransition as exc:
+        return web.json_response(
+            {
+                "error": str(exc),
+                "field": exc.field,
+                "state": exc.current.value,
+                "allowed": sorted(s.value for s in exc.allowed),
+            },
+            status=409,
+        )
     except InvalidInput as exc:
         return error(422, str(exc), exc.field)
     except Forbidden as exc:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from spotcheck.custody import TaskState
 from spotcheck.events import LabResult, SamplingTask, Verdict
 from spotcheck.labs import Lab
 
@@ -16,6 +17,7 @@ class StoredResult(LabResult):
 
 class TaskView(BaseModel):
     task: SamplingTask
+    state: TaskState = Field(description="where the task stands in its lifecycle (chain of custody)")
     results: list[StoredResult]
     verdict: Verdict | None = Field(description="the verdict in force")
     verdict_history: list[Verdict] = Field(description="every version, oldest first")

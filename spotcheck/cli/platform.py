@@ -38,7 +38,9 @@ def up(
     raise typer.Exit(asyncio.run(run_up(_settings(), demo, console)))
 
 
-def run(roles: Annotated[list[str], typer.Argument(help="api, verdicts, sink, push or streams")]) -> None:
+def run(
+    roles: Annotated[list[str], typer.Argument(help="api, verdicts, sink, push, custody or streams")],
+) -> None:
     """Run one or more workers against a configured broker and database (for deployments)."""
     from adapters.runtime import ROLES, run_roles, run_streams
 
@@ -123,6 +125,105 @@ def task_create(
 def task_show(task_id: str, api: ApiOpt = None, token: TokenOpt = None) -> None:
     """A task with its results and verdicts, as JSON."""
     print_json(api_call("GET", f"/api/v1/tasks/{task_id}", None, api, token))
+
+
+StepTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="SPOTCHECK_TOKEN",
+        help="an inspector's token, a lab's key or the admin token (default: the admin token)",
+    ),
+]
+
+
+@task_app.command("step")
+def task_step(
+    task_id: str,
+    step: Annotated[
+        str, typer.Argument(help="the state the step leads to, e.g. sampling, sampled, in-transit")
+    ],
+    seal_test: Annotated[str | None, typer.Option(help="seal number of the test portion")] = None,
+    seal_retained: Annotated[str | None, typer.Option(help="seal number of the retained portion")] = None,
+    seal_state: Annotated[str | None, typer.Option(help="at receipt: intact or broken")] = None,
+    signed_by: Annotated[list[str], typer.Option(help="an inspector who signed the form")] = [],  # noqa: B006
+    enterprise_signature: Annotated[str | None, typer.Option(help="who signed for the enterprise")] = None,
+    inspector: Annotated[list[str], typer.Option(help="assigned step: an inspector assigned")] = [],  # noqa: B006
+    reason: Annotated[
+        str | None, typer.Option(help="why (refused, not found, not sampleable, cancelled)")
+    ] = None,
+    lat: Annotated[float | None, typer.Option(help="latitude (WGS-84)")] = None,
+    lon: Annotated[float | None, typer.Option(help="longitude (WGS-84)")] = None,
+    place: Annotated[str | None, typer.Option(help="the place as written")] = None,
+    at: Annotated[str | None, typer.Option(help="when, ISO 8601 with offset (default: now)")] = None,
+    step_id: Annotated[
+        str | None, typer.Option(help="your id for the step: a resend is then harmless")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="admin token only: who did it")] = None,
+    api: ApiOpt = None,
+    token: StepTokenOpt = None,
+) -> None:
+    """Record a custody step of a task; prints the step and the state it leads to."""
+    body: dict[str, Any] = {"step": step}
+    if seal_test or seal_retained:
+        body["seals"] = {k: v for k, v in (("test", seal_test), ("retained", seal_retained)) if v}
+    if signed_by or enterprise_signature:
+        body["signatures"] = {"inspectors": signed_by, "enterprise": enterprise_signature}
+    if lat is not None or lon is not None or place:
+        body["where"] = {k: v for k, v in (("lat", lat), ("lon", lon), ("text", place)) if v is not None}
+    for name, value in (
+        ("seal_state", seal_state),
+        ("reason", reason),
+        ("at", at),
+        ("step_id", step_id),
+        ("actor", actor),
+    ):
+        if value is not None:
+            body[name] = value
+    if inspector:
+        body["inspectors"] = inspector
+    print_json(api_call("POST", f"/api/v1/tasks/{task_id}/custody", body, api, token))
+
+
+@task_app.command("trail")
+def task_trail(
+    task_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the trail as JSON")] = False,
+    api: ApiOpt = None,
+    token: StepTokenOpt = None,
+) -> None:
+    """The chain of custody of a task's sample: its steps in time order and every gap."""
+    from rich.table import Table
+
+    trail = api_call("GET", f"/api/v1/tasks/{task_id}/trail", None, api, token)
+    if as_json:
+        print_json(trail)
+        return
+    out = Console()
+    out.print(f"[bold]{trail['task_id']}[/] sample {trail['sample_id']}: [bold]{trail['state']}[/]")
+    table = Table("at", "step", "by", "seals", "where / reason", "step id")
+    for s in trail["steps"]:
+        seals = s.get("seals") or {}
+        sealed = " / ".join(v for v in (seals.get("test"), seals.get("retained")) if v)
+        if s.get("seal_state"):
+            sealed += f" ({s['seal_state']})"
+        where = s.get("where") or {}
+        spot = where.get("text") or (
+            f"{where['lat']}, {where['lon']}" if where.get("lat") is not None else ""
+        )
+        table.add_row(
+            s["at"],
+            s["step"],
+            f"{s['actor']} ({s['actor_role']})",
+            sealed,
+            s.get("reason") or spot,
+            s["step_id"],
+        )
+    out.print(table)
+    if not trail["gaps"]:
+        out.print("[green]no gaps[/]")
+    for gap in trail["gaps"]:
+        out.print(f"[red]gap[/] {gap['kind']} at {gap['step_id']}: {gap['detail']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -43,6 +43,7 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
                 "verdicts": "up",
                 "store-sink": "up",
                 "center-push": "up",
+                "custody": "up",
                 "streams": "down",
             }
 

@@ -78,6 +78,7 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
             "verdicts": "up",
             "store-sink": "up",
             "center-push": "up",
+            "custody": "up",
             "streams": "up",
         }
         assert _get(f"{base}/api/v1/verdicts")[0] == 401

@@ -31,6 +31,7 @@ ALLOWED_INVOCATIONS = {
     ("run", "verdicts"),
     ("run", "sink"),
     ("run", "push"),
+    ("run", "custody"),
     ("run", "streams"),
 }
 LONG_RUNNING = {inv for inv in ALLOWED_INVOCATIONS if inv[0] == "run"}
