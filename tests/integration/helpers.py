@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from adapters.registry import RegistryStore, publisher
+from adapters.store import Store
+from spotcheck.draws import Enterprise, EnterpriseKind, Inspector
 from spotcheck.settings import Settings
 
 TOKEN = "test-admin-token"
@@ -113,3 +116,34 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def small_directory(store: Store, producer: AIOKafkaProducer, settings: Settings) -> list[str]:
+    """Three filling stations and five inspectors, one of whom must stay away from station 1."""
+    ids = [f"91370502MA3C{n:06d}" for n in range(1, 4)]
+    enterprises = [
+        Enterprise(
+            enterprise_id=eid,
+            name=f"Station {n}",
+            district="Kenli District",
+            kind=EnterpriseKind.FILLING_STATION,
+            products=("motor gasoline",),
+        )
+        for n, eid in enumerate(ids, 1)
+    ]
+    inspectors = [
+        Inspector(
+            inspector_id=f"INS-{n}",
+            name=f"Inspector {n}",
+            unit="Kenli AMR",
+            district="Kenli District",
+            excluded_enterprises=(ids[0],) if n == 5 else (),
+        )
+        for n in range(1, 6)
+    ]
+    registry = RegistryStore(store)
+    publish = publisher(producer, settings)
+    now = datetime.now(UTC)
+    await registry.upsert("enterprise", enterprises, "test", now, publish)
+    await registry.upsert("inspector", inspectors, "test", now, publish)
+    return ids

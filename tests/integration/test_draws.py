@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,12 +18,11 @@ from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
 from adapters import kafka
-from adapters.registry import RegistryStore, load_demo_registry, publisher
+from adapters.registry import load_demo_registry
 from adapters.store import Store
 from spotcheck.cli.draws import draw_app
-from spotcheck.draws import Enterprise, EnterpriseKind, Inspector
 from spotcheck.settings import Settings
-from tests.integration.helpers import TOKEN, eventually, read_topic
+from tests.integration.helpers import TOKEN, eventually, read_topic, small_directory
 
 pytestmark = pytest.mark.integration
 
@@ -129,37 +128,6 @@ async def test_a_draw_creates_published_tasks_and_verifies_from_its_inputs(
             await conn.execute("UPDATE draws SET seed = 'ff' WHERE draw_id = $1", record["draw_id"])
         with pytest.raises(asyncpg.RaiseError, match="cannot be deleted"):
             await conn.execute("DELETE FROM draws WHERE draw_id = $1", record["draw_id"])
-
-
-async def small_directory(store: Store, producer: AIOKafkaProducer, settings: Settings) -> list[str]:
-    """Three filling stations and five inspectors, one of whom must stay away from station 1."""
-    ids = [f"91370502MA3C{n:06d}" for n in range(1, 4)]
-    enterprises = [
-        Enterprise(
-            enterprise_id=eid,
-            name=f"Station {n}",
-            district="Kenli District",
-            kind=EnterpriseKind.FILLING_STATION,
-            products=("motor gasoline",),
-        )
-        for n, eid in enumerate(ids, 1)
-    ]
-    inspectors = [
-        Inspector(
-            inspector_id=f"INS-{n}",
-            name=f"Inspector {n}",
-            unit="Kenli AMR",
-            district="Kenli District",
-            excluded_enterprises=(ids[0],) if n == 5 else (),
-        )
-        for n in range(1, 6)
-    ]
-    registry = RegistryStore(store)
-    publish = publisher(producer, settings)
-    now = datetime.now(UTC)
-    await registry.upsert("enterprise", enterprises, "test", now, publish)
-    await registry.upsert("inspector", inspectors, "test", now, publish)
-    return ids
 
 
 async def test_history_of_the_platform_excludes_and_rotates_inspectors(
