@@ -9,11 +9,13 @@ import structlog
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
+from adapters.alerts import AlertStore
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
+from spotcheck.deadlines import OverdueAlert
 from spotcheck.events import DeadLetter, describe_validation_error
 from spotcheck.settings import Settings
-from spotcheck.topics import DEAD_LETTERS
+from spotcheck.topics import ALERTS, DEAD_LETTERS
 
 log = structlog.get_logger(__name__)
 
@@ -42,11 +44,35 @@ async def write_dead_letters(store: Store, records: list[ConsumerRecord[bytes, b
     await store.save_dead_letters(letters)
 
 
+async def write_alerts(store: Store, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    """Overdue alerts into `alerts`; one that does not read as alert/1 becomes a dead letter."""
+    alerts, letters = [], []
+    for record in records:
+        try:
+            alerts.append(OverdueAlert.from_json(record.value or b""))
+        except ValueError as exc:
+            letters.append(
+                DeadLetter.of(
+                    record.topic,
+                    record.key,
+                    record.value,
+                    f"invalid alert: {describe_validation_error(exc)}",
+                    datetime.now(UTC),
+                    origin=f"{record.partition}@{record.offset}",
+                )
+            )
+    await AlertStore(store).save(alerts)
+    await store.save_dead_letters(letters)
+
+
 class StoreSink(BatchConsumer):
     """Writes each batch with the writer registered for its topic, then commits."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
-        self.writers: dict[str, Writer] = {DEAD_LETTERS.full_name(settings): write_dead_letters}
+        self.writers: dict[str, Writer] = {
+            DEAD_LETTERS.full_name(settings): write_dead_letters,
+            ALERTS.full_name(settings): write_alerts,
+        }
         super().__init__(settings, store, GROUP, list(self.writers))
 
     async def handle(self, batch: Batch) -> None:

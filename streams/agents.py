@@ -1,4 +1,4 @@
-"""The stream processor's agents, tables and timers (monitors: live pass rates per product)."""
+"""The stream processor's agents, tables and timers (monitors: live pass rates per product, deadlines)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from adapters.store import Heartbeat, Store
 from spotcheck.events import DeadLetter, Verdict, describe_validation_error
 from spotcheck.settings import Settings
 from spotcheck.topics import DEAD_LETTERS, VERDICTS
+from streams import deadlines
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,8 @@ def attach(app: faust.App, settings: Settings) -> None:
             origin=f"{message.partition}@{message.offset}",
         )
         await dead_letters.send(key=event.key, value=letter.to_json())
+
+    deadlines.attach(app, settings, dead_letter)
 
     async def track(verdict: Verdict) -> None:
         before: dict[str, Any] | None = last_outcome.get(verdict.task_id)

@@ -161,7 +161,8 @@ async def create_task(request: web.Request) -> web.Response:
     except NotFound:
         lab = None
     number = await api.store.next_task_number()
-    task = build_task(body, number, api.now(), ZoneInfo(api.settings.timezone), lab)
+    zone, days = ZoneInfo(api.settings.timezone), api.settings.sampling_days
+    task = build_task(body, number, api.now(), zone, lab, sampling_days=days)
     topic = TASKS.full_name(api.settings)
     await kafka.publish(api.producer, topic, [(task.task_id, task.to_json())])
     EVENTS_OUT.labels(topic).inc()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from spotcheck.cli import imports, offline, platform
+from spotcheck.cli import alerts, imports, offline, platform
 from spotcheck.cli.bench import bench_app
 from spotcheck.cli.centers import centers_app
 from spotcheck.cli.custody import inspectors_app
@@ -23,6 +23,7 @@ app = typer.Typer(
 offline.register(app)
 platform.register(app)
 imports.register(app)
+alerts.register(app)
 app.add_typer(bench_app, name="bench")
 app.add_typer(labs_app, name="labs")
 app.add_typer(centers_app, name="centers")
