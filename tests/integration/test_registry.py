@@ -308,3 +308,20 @@ async def test_the_demo_directory_loads_once(
     assert view["version"] == 1  # loading it again made no new versions
     stations = await get(http, "/api/v1/enterprises", kind="filling-station", limit="1")
     assert stations["total"] == 360
+
+
+async def test_the_example_files_import_cleanly(settings: Settings, http: aiohttp.ClientSession) -> None:
+    examples = Path(__file__).parents[2] / "examples" / "registry"
+    for kind, names in (
+        ("products", ["products.csv"]),
+        ("enterprises", ["enterprises.csv", "enterprises.jsonl"]),
+        ("inspectors", ["inspectors.csv"]),
+    ):
+        await cli_run(settings, "registry", "import", *(str(examples / n) for n in names), "--kind", kind)
+    counts = {
+        plural: (await get(http, f"/api/v1/{plural}"))["total"]
+        for plural in ("products", "enterprises", "inspectors")
+    }
+    assert counts == {"products": 8, "enterprises": 21, "inspectors": 4}
+    inspectors = await get(http, "/api/v1/inspectors", unit="guangrao")
+    assert [i["inspector_id"] for i in inspectors["inspectors"]] == ["DY-INSP-018", "DY-INSP-025"]
