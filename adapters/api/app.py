@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import importlib
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,14 +22,15 @@ from adapters import kafka
 from adapters.api import openapi, schemas
 from adapters.custody import TOKEN_KIND, CustodyStore
 from adapters.labs import LabStore
-from adapters.metrics import EVENTS_OUT
+from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
 from adapters.store import Store
 from spotcheck.custody import IllegalTransition
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
-from spotcheck.events import Outcome, SamplingTask, describe_validation_error
+from spotcheck.events import DeadLetter, Outcome, SamplingTask, describe_validation_error, payload_text
 from spotcheck.labs import Lab
 from spotcheck.settings import Settings
 from spotcheck.tasks import TaskRequest, build_task
+from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
 from spotcheck.topics import TASKS
 
 log = structlog.get_logger(__name__)
@@ -101,6 +103,44 @@ async def _authenticate(request: web.Request, api: Api) -> Principal | web.Respo
     return Principal("lab", lab_id)
 
 
+DEAD_LETTERED = web.RequestKey("dead_lettered", bool)
+
+
+def source_of(request: web.Request) -> str:
+    """Where a request's input came in, as a dead letter's source: the route's path pattern."""
+    info = request.match_info.route.resource.get_info() if request.match_info.route.resource else {}
+    return "http:" + str(info.get("formatter") or info.get("path") or request.path)
+
+
+async def dead_letter_request(request: web.Request, key: str | None, reason: str) -> None:
+    """Keep a refused request's body as a dead letter (once per request), naming its route and why."""
+    if request.get(DEAD_LETTERED):
+        return
+    request[DEAD_LETTERED] = True
+    api = request.app[API]
+    try:
+        raw = payload_text(await request.read())
+    except web.HTTPException:
+        raw = "(body too large)"
+    source = source_of(request)
+    letter = DeadLetter.of(source, key, raw, reason, api.now(), origin=uuid.uuid4().hex)
+    try:
+        await kafka.publish(
+            api.producer, DEAD_LETTERS_TOPIC.full_name(api.settings), [(letter.key, letter.to_json())]
+        )
+    except SpotcheckError as exc:  # the caller still gets its answer; the log keeps the letter
+        log.error(
+            "dead letter not published", source=source, reason=reason, error=str(exc), payload=raw[:2000]
+        )
+        return
+    DEAD_LETTERS.labels(source).inc()
+
+
+def _request_key(request: web.Request) -> str | None:
+    values = list(request.match_info.values())
+    return values[0] if values else None
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in OPEN_PATHS:
@@ -115,22 +155,25 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         request[PRINCIPAL] = found
     try:
         return await handler(request)
-    except ValidationError as exc:
+    except (ValidationError, InvalidInput) as exc:
+        reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        if request.method != "GET":
+            await dead_letter_request(request, _request_key(request), reason)
+        if isinstance(exc, IllegalTransition):
+            return web.json_response(
+                {
+                    "error": str(exc),
+                    "field": exc.field,
+                    "state": exc.current.value,
+                    "allowed": sorted(s.value for s in exc.allowed),
+                },
+                status=409,
+            )
+        if isinstance(exc, InvalidInput):
+            return error(422, str(exc), exc.field)
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or None
-        return error(422, describe_validation_error(exc), field)
-    except IllegalTransition as exc:
-        return web.json_response(
-            {
-                "error": str(exc),
-                "field": exc.field,
-                "state": exc.current.value,
-                "allowed": sorted(s.value for s in exc.allowed),
-            },
-            status=409,
-        )
-    except InvalidInput as exc:
-        return error(422, str(exc), exc.field)
+        return error(422, reason, field)
     except Forbidden as exc:
         return error(403, str(exc))
     except NotFound as exc:

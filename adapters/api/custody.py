@@ -12,9 +12,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from adapters import kafka
 from adapters.api import openapi, schemas
-from adapters.api.app import API, INSPECTOR_ROUTES, LAB_ROUTES, Principal, principal_of, read_json
+from adapters.api.app import (
+    API,
+    INSPECTOR_ROUTES,
+    LAB_ROUTES,
+    Principal,
+    dead_letter_request,
+    principal_of,
+    read_json,
+)
 from adapters.custody import CustodyStore
-from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
+from adapters.metrics import EVENTS_OUT
 from spotcheck.custody import (
     CustodyStep,
     NotPermitted,
@@ -31,10 +39,9 @@ from spotcheck.custody import (
     report_due,
 )
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError
-from spotcheck.events import DeadLetter, Ident, SamplingTask, describe_validation_error, payload_text
+from spotcheck.events import Ident, SamplingTask, describe_validation_error
 from spotcheck.specs import load_catalog
 from spotcheck.topics import CUSTODY
-from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
 
 CUSTODY_STORE = web.AppKey("custody_store", CustodyStore)
 SOURCE = "http:/api/v1/tasks/{task_id}/custody"  # the source of a refused step's dead letter
@@ -118,7 +125,7 @@ async def record_step(request: web.Request) -> web.Response:
         return await _record(request, task_id)
     except (InvalidInput, Forbidden, NotFound, ValidationError) as exc:
         reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        await _dead_letter(request, task_id, reason)
+        await dead_letter_request(request, task_id, reason)
         raise
 
 
@@ -153,18 +160,6 @@ async def _record(request: web.Request, task_id: str) -> web.Response:
         EVENTS_OUT.labels(topic).inc()
     answer = {"step": step.to_dict(), "state": custody.state.value, "duplicate": not taken}
     return web.json_response(answer, status=202)
-
-
-async def _dead_letter(request: web.Request, task_id: str, reason: str) -> None:
-    api = request.app[API]
-    try:
-        raw = payload_text(await request.read())
-    except web.HTTPException:
-        raw = "(body too large)"
-    letter = DeadLetter.of(SOURCE, task_id, raw, reason, api.now(), origin=uuid.uuid4().hex)
-    topic = DEAD_LETTERS_TOPIC.full_name(api.settings)
-    await kafka.publish(api.producer, topic, [(letter.key, letter.to_json())])
-    DEAD_LETTERS.labels(SOURCE).inc()
 
 
 async def trail(request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ ERRORS = {
     "401": "missing or unknown bearer token",
     "403": "the token may not do this (a lab key on an admin route, a foreign task or lab)",
     "404": "no such thing",
+    "409": "the thing is not in a state that allows this (the answer says which state it is in)",
     "413": "body too large (1 MiB) or batch too long",
     "422": 'invalid input: `{"error": "…", "field": "…"}`',
 }

@@ -244,6 +244,15 @@ async def test_bad_plans_are_refused_with_the_field(
     async with http.get("/api/v1/draws") as resp:
         assert (await resp.json())["draws"] == []
 
+    async def letters() -> list[dict[str, Any]] | None:
+        async with http.get("/api/v1/dead-letters?source=http:/api/v1/draws") as resp:
+            found = (await resp.json())["dead_letters"]
+        return found if len(found) >= len(cases) else None
+
+    kept = await eventually(letters)
+    assert sorted(json.loads(letter["payload"]).get("seed", "") for letter in kept) == ["", "", "", "abc"]
+    assert any("is for motor gasoline, not motor diesel" in letter["reason"] for letter in kept)
+
 
 async def test_a_campaign_round_is_drawn_once_as_special_tasks(
     settings: Settings, store: Store, http: aiohttp.ClientSession, producer: AIOKafkaProducer
