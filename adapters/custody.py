@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from adapters.labs import key_listing
 from adapters.store import Store, translate
 from spotcheck.custody import CustodyStep, TaskCustody, TaskState, initial_state
 from spotcheck.errors import NotFound
@@ -180,16 +181,7 @@ class CustodyStore:
                 " WHERE inspector_id = $1 ORDER BY created_at",
                 inspector_id,
             )
-        return [
-            {
-                "prefix": r["prefix"],
-                "created_at": _iso(r["created_at"]),
-                "revoked_at": _iso(r["revoked_at"]),
-                "last_used_at": _iso(r["last_used_at"]),
-                "active": r["revoked_at"] is None,
-            }
-            for r in rows
-        ]
+        return key_listing(rows)
 
     async def revoke_token(self, inspector_id: str, prefix: str) -> None:
         async with self._conn() as conn:
@@ -223,7 +215,3 @@ class CustodyStore:
                 return None
         self._verified[token] = (row["inspector_id"], time.monotonic() + self._cache_for)
         return str(row["inspector_id"])
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None

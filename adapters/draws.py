@@ -90,11 +90,15 @@ class DrawStore:
             await self._store.save_tasks(tasks, conn)
 
     async def record(self, draw_id: str) -> DrawRecord:
+        return DrawRecord.model_validate_json(await self._column("record", draw_id))
+
+    async def _column(self, column: str, draw_id: str) -> str:
+        """One stored JSON column of a draw; NotFound if there is no such draw."""
         async with self._store.pool.acquire() as conn:
-            raw = await conn.fetchval("SELECT record FROM draws WHERE draw_id = $1", draw_id)
+            raw = await conn.fetchval(f"SELECT {column}::text FROM draws WHERE draw_id = $1", draw_id)
         if raw is None:
             raise NotFound(f"no draw {draw_id}")
-        return DrawRecord.model_validate_json(raw)
+        return str(raw)
 
     async def inputs(self, draw_id: str) -> dict[str, Any]:
         """Everything needed to re-run the draw: plan, snapshot, seed, history, and what it drew."""
@@ -115,18 +119,10 @@ class DrawStore:
         }
 
     async def requested_plan(self, draw_id: str) -> Plan:
-        async with self._store.pool.acquire() as conn:
-            raw = await conn.fetchval("SELECT requested_plan FROM draws WHERE draw_id = $1", draw_id)
-        if raw is None:
-            raise NotFound(f"no draw {draw_id}")
-        return Plan.model_validate_json(raw)
+        return Plan.model_validate_json(await self._column("requested_plan", draw_id))
 
     async def result(self, draw_id: str) -> DrawResult:
-        async with self._store.pool.acquire() as conn:
-            raw = await conn.fetchval("SELECT result FROM draws WHERE draw_id = $1", draw_id)
-        if raw is None:
-            raise NotFound(f"no draw {draw_id}")
-        return DrawResult.model_validate_json(raw)
+        return DrawResult.model_validate_json(await self._column("result", draw_id))
 
     async def records(self, *, campaign_id: str | None = None, limit: int = 100) -> list[DrawRecord]:
         async with self._store.pool.acquire() as conn:

@@ -94,16 +94,7 @@ class LabStore:
                 " ORDER BY created_at",
                 lab_id,
             )
-        return [
-            {
-                "prefix": r["prefix"],
-                "created_at": _iso(r["created_at"]),
-                "revoked_at": _iso(r["revoked_at"]),
-                "last_used_at": _iso(r["last_used_at"]),
-                "active": r["revoked_at"] is None,
-            }
-            for r in rows
-        ]
+        return key_listing(rows)
 
     async def revoke_key(self, lab_id: str, prefix: str) -> None:
         async with self._store.pool.acquire() as conn:
@@ -201,3 +192,17 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _num(value: Any) -> float | None:
     return round(float(value), 1) if value is not None else None
+
+
+def key_listing(rows: list[Any]) -> list[dict[str, Any]]:
+    """Keys or tokens as listed to their owner: prefix, times, whether still active (never the hash)."""
+    return [
+        {
+            "prefix": r["prefix"],
+            "created_at": _iso(r["created_at"]),
+            "revoked_at": _iso(r["revoked_at"]),
+            "last_used_at": _iso(r["last_used_at"]),
+            "active": r["revoked_at"] is None,
+        }
+        for r in rows
+    ]

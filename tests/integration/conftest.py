@@ -127,3 +127,12 @@ async def lab(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     await producer.start()
     yield producer
     await producer.stop()
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer made like the platform's own (for loaders that publish, e.g. the demo directory)."""
+    p = kafka.producer(settings)
+    await p.start()
+    yield p
+    await p.stop()

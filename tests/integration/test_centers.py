@@ -20,7 +20,6 @@ from aiokafka import AIOKafkaProducer
 from openapi_spec_validator import validate
 from typer.testing import CliRunner
 
-from adapters import kafka
 from adapters.api import app as api_app
 from adapters.api.centers import CenterCreated, CenterList, DeliveryList, DeliveryView, register
 from adapters.centers import CenterStore, NewDelivery
@@ -156,14 +155,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.start()
     yield r
     await r.stop()
-
-
-@pytest.fixture
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = kafka.producer(settings)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

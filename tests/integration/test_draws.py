@@ -17,7 +17,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
-from adapters import kafka
 from adapters.registry import load_demo_registry
 from adapters.store import Store
 from spotcheck.cli.draws import draw_app
@@ -59,14 +58,6 @@ async def cli(settings: Settings, *args: str) -> Any:
     """The CLI in a thread (it calls the API served by this test's event loop)."""
     api = f"http://{settings.http_host}:{settings.http_port}"
     return await asyncio.to_thread(CliRunner().invoke, draw_app, [*args, "--api", api, "--token", TOKEN])
-
-
-@pytest.fixture
-async def producer(settings: Settings) -> Any:
-    p = kafka.producer(settings)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_a_draw_creates_published_tasks_and_verifies_from_its_inputs(

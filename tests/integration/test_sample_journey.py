@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from adapters import kafka
 from adapters.store import Store
 from spotcheck.settings import Settings
 from tests.integration.helpers import eventually, read_topic, small_directory
@@ -22,14 +21,6 @@ from tests.integration.helpers import eventually, read_topic, small_directory
 pytestmark = pytest.mark.integration
 
 GASOLINE = "GB17930-2016:VIB:92"
-
-
-@pytest.fixture
-async def producer(settings: Settings) -> Any:
-    p = kafka.producer(settings)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def call(
