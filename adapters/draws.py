@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from adapters.cases import CaseStore
 from adapters.store import Store
 from spotcheck.draws import DrawResult, Plan, Snapshot
 from spotcheck.errors import InvalidInput, NotFound
@@ -178,7 +179,8 @@ class DrawStore:
         return {r["enterprise_id"]: sorted(json.loads(r["inspectors"])) for r in rows}
 
     async def enterprise_facts(self, as_of: datetime, zone: str) -> dict[str, EnterpriseFacts]:
-        """Unqualified verdicts in force over the lookback period, and the local day of the last check."""
+        """Unqualified verdicts in force over the lookback period (plus the cases referred for
+        investigation), and the local day of the last check."""
         async with self._store.pool.acquire() as conn:
             failures = await conn.fetch(
                 "SELECT enterprise_id, count(*) AS n FROM ("
@@ -197,6 +199,10 @@ class DrawStore:
         facts: dict[str, dict[str, Any]] = {}
         for r in failures:
             facts.setdefault(r["enterprise_id"], {})["failures"] = int(r["n"])
+        # a case referred for investigation (critical failure, repeat offender) weighs as one more failure
+        for eid, n in (await CaseStore(self._store).referrals(as_of - FAILURE_LOOKBACK, as_of)).items():
+            known = facts.setdefault(eid, {})
+            known["failures"] = known.get("failures", 0) + n
         for r in checks:
             facts.setdefault(r["enterprise_id"], {})["last_check"] = r["day"]
         return {eid: EnterpriseFacts(**values) for eid, values in facts.items()}

@@ -10,12 +10,14 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from adapters.alerts import AlertStore
+from adapters.cases import CaseStore
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
+from spotcheck.case_model import CaseEvent
 from spotcheck.deadlines import OverdueAlert
 from spotcheck.events import DeadLetter, describe_validation_error
 from spotcheck.settings import Settings
-from spotcheck.topics import ALERTS, DEAD_LETTERS
+from spotcheck.topics import ACTIONS, ALERTS, DEAD_LETTERS
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +67,28 @@ async def write_alerts(store: Store, records: list[ConsumerRecord[bytes, bytes]]
     await store.save_dead_letters(letters)
 
 
+async def write_case_events(store: Store, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    """Case events into `case_events` and `cases`, in offset order; one that does not read as
+    case-event/1 becomes a dead letter."""
+    events, letters = [], []
+    for record in records:
+        try:
+            events.append(CaseEvent.from_json(record.value or b""))
+        except ValueError as exc:
+            letters.append(
+                DeadLetter.of(
+                    record.topic,
+                    record.key,
+                    record.value,
+                    f"invalid case event: {describe_validation_error(exc)}",
+                    datetime.now(UTC),
+                    origin=f"{record.partition}@{record.offset}",
+                )
+            )
+    await CaseStore(store).save(events)
+    await store.save_dead_letters(letters)
+
+
 class StoreSink(BatchConsumer):
     """Writes each batch with the writer registered for its topic, then commits."""
 
@@ -72,6 +96,7 @@ class StoreSink(BatchConsumer):
         self.writers: dict[str, Writer] = {
             DEAD_LETTERS.full_name(settings): write_dead_letters,
             ALERTS.full_name(settings): write_alerts,
+            ACTIONS.full_name(settings): write_case_events,
         }
         super().__init__(settings, store, GROUP, list(self.writers))
 

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="how often due campaign rounds are drawn"
     )
 
+    # Enforcement cases.
+    case_check_seconds: float = Field(default=30.0, gt=0, description="how often case deadlines are checked")
+    case_rules_file: Path | None = Field(default=None, description="JSON rules; the shipped ones when unset")
+    clock_file: Path | None = Field(
+        default=None, description="a file holding an ISO time the case timers take as now (drills, tests)"
+    )
+
     # Demo simulator.
     demo_rate: float = Field(default=2.0, gt=0, description="simulated samples per second")
     demo_fail_share: float = Field(default=0.1, ge=0, le=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spotcheck.case_model import CaseEvent, CaseInput
 from spotcheck.centers import DeliveryAttempt
 from spotcheck.custody import CustodyStep
 from spotcheck.deadlines import OverdueAlert
@@ -28,7 +29,13 @@ TASKS = Topic("tasks", "task_id", SamplingTask, "sampling tasks", copartitioned=
 CUSTODY = Topic("custody", "task_id", CustodyStep, "chain-of-custody steps of a sample", copartitioned=True)
 LAB_RESULTS = Topic("lab-results", "task_id", LabResult, "measured test items", copartitioned=True)
 VERDICTS = Topic("verdicts", "task_id", Verdict, "verdicts of samples, versioned")
-ACTIONS = Topic("actions", "enterprise_id", None, "enforcement actions with their deadlines")
+ACTIONS = Topic("actions", "enterprise_id", CaseEvent, "enforcement actions with their deadlines")
+CASE_INPUTS = Topic(
+    "case-inputs",
+    "enterprise_id",
+    CaseInput,
+    "inputs of enforcement cases: verdicts and refusals re-keyed, objections, notices received, checks",
+)
 DELIVERIES = Topic("deliveries", "center_id", DeliveryAttempt, "outcomes of pushes to testing centers")
 REGISTRY = Topic("registry", "record_id", RegistryChange, "changes of the directory of targets and staff")
 DRAWS = Topic("draws", "draw_id", None, "published draws with their seed and directory digest")
@@ -41,6 +48,7 @@ CATALOG: tuple[Topic, ...] = (
     LAB_RESULTS,
     VERDICTS,
     ACTIONS,
+    CASE_INPUTS,
     DELIVERIES,
     REGISTRY,
     DRAWS,

@@ -14,7 +14,7 @@ from adapters.store import Heartbeat, Store
 from spotcheck.events import DeadLetter, Verdict, describe_validation_error
 from spotcheck.settings import Settings
 from spotcheck.topics import DEAD_LETTERS, VERDICTS
-from streams import deadlines
+from streams import cases, deadlines
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,7 @@ def attach(app: faust.App, settings: Settings) -> None:
         await dead_letters.send(key=event.key, value=letter.to_json())
 
     deadlines.attach(app, settings, dead_letter)
+    cases.attach(app, settings, store, dead_letter)
 
     async def track(verdict: Verdict) -> None:
         before: dict[str, Any] | None = last_outcome.get(verdict.task_id)

@@ -55,7 +55,9 @@ class Api:
 
 API = web.AppKey("api", Api)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/public", "/public/results"}
+)
 
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -383,4 +385,5 @@ ROUTE_MODULES: tuple[str, ...] = (
     "adapters.api.custody",
     "adapters.api.draws",
     "adapters.api.alerts",
+    "adapters.api.cases",
 )  # modules with `register(app)`

@@ -6,6 +6,7 @@ import typer
 
 from spotcheck.cli import alerts, imports, offline, platform
 from spotcheck.cli.bench import bench_app
+from spotcheck.cli.cases import cases_app
 from spotcheck.cli.centers import centers_app
 from spotcheck.cli.custody import inspectors_app
 from spotcheck.cli.draws import campaign_app, draw_app
@@ -31,6 +32,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(inspectors_app, name="inspectors")
 app.add_typer(draw_app, name="draw")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(cases_app, name="cases")
 
 
 def main() -> None:

@@ -1,0 +1,314 @@
+"""Enforcement cases in the stream processor: inputs re-keyed by enterprise, one table of each
+enterprise's cases, a timer for the legal deadlines, action events out, case tasks created.
+
+Verdicts (keyed by task) that may concern a case, and refusals to be sampled (custody steps, with
+their task from a small index table), are re-keyed by enterprise onto the case-inputs topic, where
+the API also puts objections and notices received. One agent reads it and keeps the table `cases`:
+enterprise_id -> {"partition", "cases": {case_id: Case}, "closed": [case ids], "failures": [times],
+"pending": [task orders not created yet]}. It feeds the pure state machine (spotcheck.cases) and
+publishes the events on the actions topic before it records the new state.
+
+Deadlines follow streams/deadlines.py: every `case_check_seconds` a timer walks the keys of the
+partitions this worker is ACTIVE for and, where a deadline passed or an order waits, sends a check
+input to that key's own partition; the agent applies it inside stream iteration, so the table's
+changelog records what fired and a restarted (or new) worker fires nothing twice and loses nothing.
+Timed events are dated at their deadline, so checking late or twice changes nothing either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import faust
+import structlog
+from pydantic import ValidationError
+
+from adapters.draws import DrawStore
+from adapters.registry import RegistryStore
+from adapters.store import Store
+from spotcheck.case_model import (
+    TERMINAL,
+    Case,
+    CaseEvent,
+    CaseInput,
+    InputKind,
+    TaskOrder,
+    case_id_for,
+    is_case_task,
+)
+from spotcheck.case_rules import load_rules
+from spotcheck.case_tasks import task_for_order
+from spotcheck.cases import advance, next_deadline, open_case, transition
+from spotcheck.clock import clock_for
+from spotcheck.custody import CustodyStep, TaskState
+from spotcheck.errors import InvalidInput, NotFound, SpotcheckError
+from spotcheck.events import Outcome, SamplingTask, Verdict, describe_validation_error
+from spotcheck.registry import EnterpriseKind
+from spotcheck.settings import Settings
+from spotcheck.topics import ACTIONS, CASE_INPUTS, CUSTODY, TASKS, VERDICTS
+
+log = structlog.get_logger(__name__)
+
+DeadLetterFn = Callable[[faust.EventT, str], Awaitable[None]]
+
+
+def _key(event: faust.EventT) -> str:
+    return event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+
+
+def verdict_input(verdict: Verdict) -> CaseInput | None:
+    """The case input of a verdict, or None when it cannot concern a case (a first qualified one)."""
+    if (
+        verdict.outcome is not Outcome.UNQUALIFIED
+        and not is_case_task(verdict.task_id)
+        and verdict.version == 1
+    ):
+        return None
+    return CaseInput(
+        input_id=f"verdict:{verdict.verdict_id}",
+        kind=InputKind.VERDICT,
+        enterprise_id=verdict.enterprise_id,
+        task_id=verdict.task_id,
+        verdict_id=verdict.verdict_id,
+        version=verdict.version,
+        outcome=verdict.outcome,
+        failing_items=tuple(j.item for j in verdict.items if j.judgement == "fail"),
+        product=verdict.product,
+        spec=verdict.spec,
+        items=tuple(j.item for j in verdict.items),
+        lab_id=verdict.lab_id,
+        at=verdict.decided_at,
+    )
+
+
+def refusal_input(step: CustodyStep, task: dict[str, Any]) -> CaseInput:
+    return CaseInput(
+        input_id=f"refusal:{step.step_id}",
+        kind=InputKind.REFUSAL,
+        enterprise_id=task["enterprise_id"],
+        task_id=step.task_id,
+        product=task["product"],
+        spec=task["spec"],
+        items=tuple(task["items"]),
+        lab_id=task["lab_id"],
+        at=step.at,
+        by=step.actor,
+        reason=step.reason,
+    )
+
+
+def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLetterFn) -> None:
+    """Register the case agents, tables and timer on `app`."""
+    zone, rules, now = (
+        ZoneInfo(settings.timezone),
+        load_rules(settings.case_rules_file),
+        clock_for(settings.clock_file),
+    )
+    inputs_name, tasks_name = CASE_INPUTS.full_name(settings), TASKS.full_name(settings)
+    verdicts = app.topic(VERDICTS.full_name(settings), key_serializer="raw", value_serializer="raw")
+    tasks_and_custody = app.topic(
+        tasks_name, CUSTODY.full_name(settings), key_serializer="raw", value_serializer="raw"
+    )
+    inputs = app.topic(inputs_name, key_serializer="raw", value_serializer="raw")
+    actions = app.topic(ACTIONS.full_name(settings), key_serializer="raw", value_serializer="raw")
+    tasks_out = app.topic(tasks_name, key_serializer="raw", value_serializer="raw")
+    task_index = app.Table("case-task-index")  # task_id -> {"task": {...} | None, "refusals": [step JSON]}
+    table = app.Table("cases")  # enterprise_id -> see the module's doc
+    draws, registry = DrawStore(store), RegistryStore(store)
+
+    async def forward(case_input: CaseInput) -> None:
+        await inputs.send(key=case_input.enterprise_id.encode(), value=case_input.to_json())
+
+    @app.agent(verdicts)
+    async def route_verdicts(stream: faust.StreamT[bytes]) -> None:
+        """Verdicts that may concern a case, re-keyed by enterprise."""
+        async for event in stream.events():
+            try:
+                found = verdict_input(Verdict.from_json(event.value))
+            except ValueError:
+                continue  # the pass-rate monitor dead-letters a bad verdict already
+            if found is not None:
+                await forward(found)
+
+    @app.agent(tasks_and_custody)
+    async def route_refusals(stream: faust.StreamT[bytes]) -> None:
+        """Refusals to be sampled, with their task's enterprise and product, re-keyed by enterprise."""
+        async for event in stream.events():
+            try:
+                if event.message.topic == tasks_name:
+                    task = SamplingTask.from_json(event.value)
+                    known = task_index.get(task.task_id) or {"refusals": []}
+                    brief = task.model_dump(
+                        mode="json", include={"enterprise_id", "product", "spec", "items", "lab_id"}
+                    )
+                    for waiting in known["refusals"]:
+                        await forward(refusal_input(CustodyStep.model_validate_json(waiting), brief))
+                    if known.get("task") != brief or known["refusals"]:
+                        task_index[task.task_id] = {"task": brief, "refusals": []}
+                    continue
+                step = CustodyStep.from_json(event.value)
+                if step.step is not TaskState.REFUSED:
+                    continue
+                known = task_index.get(step.task_id)
+                if known is not None and known.get("task") is not None:
+                    await forward(refusal_input(step, known["task"]))
+                else:  # the step came before its task: it waits for it
+                    waiting = list((known or {}).get("refusals", [])) + [step.to_json().decode()]
+                    task_index[step.task_id] = {"task": None, "refusals": waiting}
+            except ValueError:
+                continue  # the deadline monitor and the custody processor dead-letter bad input
+            except Exception:  # noqa: BLE001 - one bad event must not stop the agent
+                log.exception("refusal not routed", topic=event.message.topic)
+
+    async def upstream_of(enterprise_id: str) -> list[str]:
+        """A filling station's suppliers: its depots, then their refineries (as the directory has them)."""
+        try:
+            station = await registry.enterprise(enterprise_id)
+        except NotFound:
+            return []
+        if station.kind is not EnterpriseKind.FILLING_STATION:
+            return []
+        found: list[str] = []
+        for depot_id in station.supplied_by:
+            found.append(depot_id)
+            try:
+                depot = await registry.enterprise(depot_id)
+            except NotFound:
+                continue
+            found += [r for r in depot.supplied_by if r not in found]
+        return [e for e in dict.fromkeys(found) if e != enterprise_id]
+
+    async def create_task(order: TaskOrder) -> None:
+        """The order's task stored and on the tasks topic (stored once; published again if asked again)."""
+        existing = await draws.tasks([order.task_id])
+        if existing:
+            task = existing[0]
+        else:
+            failed = await draws.tasks([order.from_task_id])
+            task = task_for_order(order, await registry.snapshot(), failed[0] if failed else None, now())
+            await store.save_tasks([task])
+        await (await tasks_out.send(key=task.task_id.encode(), value=task.to_json()))
+        log.info("case task created", task_id=task.task_id, kind=task.kind.value, lab_id=task.lab_id)
+
+    async def apply(state: dict[str, Any], given: CaseInput, at: datetime) -> list[CaseEvent]:
+        """The case events `given` makes; `state` (the enterprise's table value) is updated in place."""
+        cases = {cid: Case.from_json_dict(c) for cid, c in state["cases"].items()}
+        events: list[CaseEvent] = []
+        if given.kind is InputKind.CHECK:
+            for cid, case in cases.items():
+                cases[cid], fired = advance(case, rules, zone, at)
+                events += fired
+        elif given.kind in (InputKind.OBJECTION, InputKind.NOTICE_RECEIVED):
+            if given.case_id not in cases:
+                closed = given.case_id in state["closed"]
+                raise InvalidInput(
+                    f"case {given.case_id} is {'closed' if closed else 'unknown'}", field="case_id"
+                )
+            assert given.case_id is not None
+            cases[given.case_id], events = transition(cases[given.case_id], given, rules, zone, at)
+        else:
+            assert given.task_id is not None
+            target = next((c for c in cases.values() if given.task_id in (c.awaited_task, c.task_id)), None)
+            if target is not None:
+                cases[target.case_id], events = transition(target, given, rules, zone, at)
+            elif is_case_task(given.task_id) or case_id_for(given.task_id) in state["closed"]:
+                log.info("input for a case that is closed or waits for no such task", task_id=given.task_id)
+            elif given.kind is InputKind.REFUSAL or given.outcome is Outcome.UNQUALIFIED:
+                failures = [datetime.fromisoformat(f) for f in state["failures"]]
+                case, events = open_case(
+                    given, rules, zone, at, failures=failures, upstream=await upstream_of(given.enterprise_id)
+                )
+                cases[case.case_id] = case
+                state["failures"] = [*state["failures"], at.isoformat()][-50:]
+        for event in events:
+            await (await actions.send(key=event.enterprise_id.encode(), value=event.to_json()))
+            if event.order is not None:
+                state["pending"] = [*state["pending"], event.order.model_dump(mode="json")]
+        state["closed"] = [*state["closed"], *(cid for cid, c in cases.items() if c.state in TERMINAL)]
+        state["cases"] = {cid: c.to_json_dict() for cid, c in cases.items() if c.state not in TERMINAL}
+        return events
+
+    async def dispatch(state: dict[str, Any], source: faust.EventT) -> None:
+        """Create the tasks the cases ordered; one that cannot be made yet waits for the next check."""
+        left = []
+        for raw_order in state["pending"]:
+            order = TaskOrder.model_validate(raw_order)
+            try:
+                await create_task(order)
+            except InvalidInput as exc:
+                left.append(raw_order)
+                await dead_letter(source, f"task {order.task_id} of a case cannot be made yet: {exc}")
+            except SpotcheckError as exc:
+                left.append(raw_order)
+                log.warning(
+                    "case task not created; next check tries again", task_id=order.task_id, error=str(exc)
+                )
+        state["pending"] = left
+
+    @app.agent(inputs)
+    async def run_cases(stream: faust.StreamT[bytes]) -> None:
+        """Apply each input to its enterprise's cases; publish the events; record the new state."""
+        async for event in stream.events():
+            enterprise = _key(event)
+            try:
+                given = CaseInput.from_json(event.value)
+                if given.enterprise_id != enterprise:
+                    raise InvalidInput(f"keyed {enterprise!r}, but the input is of {given.enterprise_id}")
+                before = table.get(enterprise)
+                state: dict[str, Any] = dict(
+                    before or {"cases": {}, "closed": [], "failures": [], "pending": []},
+                    partition=event.message.partition,
+                )
+                at = now()
+                events = await apply(state, given, at)
+                await dispatch(state, event)
+                if state != before:
+                    table[enterprise] = state
+                for e in events:
+                    log.info("case event", case_id=e.case_id, kind=e.kind.value, state=e.state.value)
+            except ValidationError as exc:
+                await dead_letter(event, f"invalid case input: {describe_validation_error(exc)}")
+            except InvalidInput as exc:
+                await dead_letter(event, f"case input refused: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+                log.exception("case input failed", enterprise_id=enterprise)
+                await dead_letter(event, f"case processor failed on this input: {exc!r}")
+
+    def wants_check(value: dict[str, Any], at: datetime) -> bool:
+        if value.get("pending"):
+            return True
+        for raw_case in value["cases"].values():
+            due = next_deadline(Case.from_json_dict(raw_case))
+            if due is not None and due < at:
+                return True
+        return False
+
+    @app.timer(settings.case_check_seconds)
+    async def check_cases() -> None:
+        """Ask, on each enterprise's own partition, for the deadlines that passed (active partitions only)."""
+        active = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == inputs_name}
+        if not active:
+            return
+        try:
+            at = now()
+        except InvalidInput as exc:
+            log.error("no time to check the cases by", error=str(exc))
+            return
+        for enterprise, value in list(table.items()):
+            if value["partition"] not in active:
+                continue  # a standby replica: its active owner checks
+            try:
+                due = wants_check(value, at)
+            except ValidationError:
+                log.exception("unreadable case state", enterprise_id=enterprise)
+                continue
+            if due:
+                check = CaseInput(
+                    input_id=f"check:{at.isoformat()}", kind=InputKind.CHECK, enterprise_id=enterprise, at=at
+                )
+                await inputs.send(
+                    key=str(enterprise).encode(), value=check.to_json(), partition=value["partition"]
+                )
