@@ -17,6 +17,7 @@ Timed events are dated at their deadline, so checking late or twice changes noth
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -44,7 +45,7 @@ from spotcheck.case_tasks import task_for_order
 from spotcheck.cases import advance, next_deadline, open_case, transition
 from spotcheck.clock import clock_for
 from spotcheck.custody import CustodyStep, TaskState
-from spotcheck.errors import InvalidInput, NotFound, SpotcheckError
+from spotcheck.errors import InvalidInput, NotFound, SpotcheckError, StoreError, TransientError
 from spotcheck.events import Outcome, SamplingTask, Verdict, describe_validation_error
 from spotcheck.registry import EnterpriseKind
 from spotcheck.settings import Settings
@@ -53,6 +54,7 @@ from spotcheck.topics import ACTIONS, CASE_INPUTS, CUSTODY, TASKS, VERDICTS
 log = structlog.get_logger(__name__)
 
 DeadLetterFn = Callable[[faust.EventT, str], Awaitable[None]]
+DB_ATTEMPTS = 30  # about two minutes of waiting for the database before an input is dead-lettered
 
 
 def _key(event: faust.EventT) -> str:
@@ -248,34 +250,47 @@ def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLe
                 )
         state["pending"] = left
 
+    async def take(event: faust.EventT, enterprise: str) -> None:
+        given = CaseInput.from_json(event.value)
+        if given.enterprise_id != enterprise:
+            raise InvalidInput(f"keyed {enterprise!r}, but the input is of {given.enterprise_id}")
+        before = table.get(enterprise)
+        state: dict[str, Any] = dict(
+            before or {"cases": {}, "closed": [], "failures": [], "pending": []},
+            partition=event.message.partition,
+        )
+        events = await apply(state, given, now())
+        await dispatch(state, event)
+        if state != before:
+            table[enterprise] = state
+        for e in events:
+            log.info("case event", case_id=e.case_id, kind=e.kind.value, state=e.state.value)
+
     @app.agent(inputs)
     async def run_cases(stream: faust.StreamT[bytes]) -> None:
-        """Apply each input to its enterprise's cases; publish the events; record the new state."""
+        """Apply each input to its enterprise's cases; publish the events; record the new state. The
+        database (directory look-ups) failing or not started yet is waited out: no case is lost to it."""
         async for event in stream.events():
             enterprise = _key(event)
-            try:
-                given = CaseInput.from_json(event.value)
-                if given.enterprise_id != enterprise:
-                    raise InvalidInput(f"keyed {enterprise!r}, but the input is of {given.enterprise_id}")
-                before = table.get(enterprise)
-                state: dict[str, Any] = dict(
-                    before or {"cases": {}, "closed": [], "failures": [], "pending": []},
-                    partition=event.message.partition,
-                )
-                at = now()
-                events = await apply(state, given, at)
-                await dispatch(state, event)
-                if state != before:
-                    table[enterprise] = state
-                for e in events:
-                    log.info("case event", case_id=e.case_id, kind=e.kind.value, state=e.state.value)
-            except ValidationError as exc:
-                await dead_letter(event, f"invalid case input: {describe_validation_error(exc)}")
-            except InvalidInput as exc:
-                await dead_letter(event, f"case input refused: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
-                log.exception("case input failed", enterprise_id=enterprise)
-                await dead_letter(event, f"case processor failed on this input: {exc!r}")
+            for attempt in range(DB_ATTEMPTS):
+                try:
+                    await take(event, enterprise)
+                except ValidationError as exc:
+                    await dead_letter(event, f"invalid case input: {describe_validation_error(exc)}")
+                except InvalidInput as exc:
+                    await dead_letter(event, f"case input refused: {exc}")
+                except (TransientError, StoreError, OSError) as exc:
+                    if attempt + 1 < DB_ATTEMPTS:
+                        log.warning(
+                            "case input waits for the database", enterprise_id=enterprise, error=str(exc)
+                        )
+                        await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                        continue
+                    await dead_letter(event, f"case processor could not reach the database: {exc}")
+                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+                    log.exception("case input failed", enterprise_id=enterprise)
+                    await dead_letter(event, f"case processor failed on this input: {exc!r}")
+                break
 
     def wants_check(value: dict[str, Any], at: datetime) -> bool:
         if value.get("pending"):
