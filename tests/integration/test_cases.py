@@ -30,7 +30,7 @@ from spotcheck.custody import CustodyStep, Role, TaskState
 from spotcheck.draws import Enterprise, EnterpriseKind, Inspector
 from spotcheck.events import Comparison, ItemJudgement, LimitView, Outcome, SamplingTask, TaskKind, Verdict
 from spotcheck.settings import Settings
-from tests.integration.helpers import eventually
+from tests.integration.helpers import TOKEN, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -408,3 +408,21 @@ async def test_the_cases_api_refuses_bad_filters(http: aiohttp.ClientSession) ->
         assert resp.status == 422 and body["field"] == field, body
     async with http.get("/api/v1/cases/C-none") as resp:
         assert resp.status == 404
+
+
+async def test_the_cli_lists_and_shows_cases_of_the_running_platform(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    env = child_env(settings) | {"SPOTCHECK_ADMIN_TOKEN": TOKEN}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "spotcheck", "cases", *args, "--api", base]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    listed = await asyncio.to_thread(cli, "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+    missing = await asyncio.to_thread(cli, "show", "C-none")
+    assert missing.returncode == 2 and "404" in missing.stderr
+    late = await asyncio.to_thread(cli, "object", "C-none", "--by", "legal rep")
+    assert late.returncode == 2 and "no case C-none" in late.stderr
