@@ -22,6 +22,7 @@ from adapters.registry import load_demo_registry
 from adapters.store import Store
 from spotcheck.events import LabResult, SamplingTask
 from spotcheck.labs import Lab
+from spotcheck.registry_demo import generate
 from spotcheck.settings import Settings
 from spotcheck.specs import load_catalog
 from spotcheck.tasks import TaskRequest, build_task
@@ -149,6 +150,10 @@ class Simulator:
         await register_demo_labs(self.store)
         await load_demo_registry(self.store, self.producer, self.settings)
         self._labs = demo_labs()
+        self._makers: dict[str, list[str]] = {}  # catalog product -> enterprises of the directory
+        for enterprise in generate().enterprises:
+            for product in enterprise.products:
+                self._makers.setdefault(product, []).append(enterprise.enterprise_id)
         self._task = asyncio.create_task(self._run(), name="lab-simulator")
 
     async def stop(self) -> None:
@@ -176,12 +181,13 @@ class Simulator:
         self, registry: dict[str, Any], zone: ZoneInfo, tasks_topic: str, results_topic: str
     ) -> None:
         rng = self._rng
-        enterprise = rng.choice(registry["enterprises"])
-        offers = [o for o in registry["offers"] if enterprise["kind"] in o["kinds"]]
+        offers = registry["offers"]
         offer = rng.choices(offers, weights=[o["weight"] for o in offers])[0]
+        makers = self._makers.get(load_catalog().get(offer["spec"]).product)
+        enterprise_id = rng.choice(makers) if makers else rng.choice(registry["enterprises"])["enterprise_id"]
         now = datetime.now(UTC)
         request = TaskRequest(
-            enterprise_id=enterprise["enterprise_id"],
+            enterprise_id=enterprise_id,
             product=offer["product"],
             spec=offer["spec"],
             lab_id=offer["lab_id"],
