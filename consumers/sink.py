@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import structlog
 from aiokafka import ConsumerRecord
@@ -15,7 +16,7 @@ from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
 from spotcheck.case_model import CaseEvent
 from spotcheck.deadlines import OverdueAlert
-from spotcheck.events import DeadLetter, describe_validation_error
+from spotcheck.events import DeadLetter, Event, describe_validation_error
 from spotcheck.settings import Settings
 from spotcheck.topics import ACTIONS, ALERTS, DEAD_LETTERS
 
@@ -23,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 GROUP = "store-sink"
 
+E = TypeVar("E", bound=Event)
 Writer = Callable[[Store, list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
 
@@ -46,45 +48,39 @@ async def write_dead_letters(store: Store, records: list[ConsumerRecord[bytes, b
     await store.save_dead_letters(letters)
 
 
-async def write_alerts(store: Store, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-    """Overdue alerts into `alerts`; one that does not read as alert/1 becomes a dead letter."""
-    alerts, letters = [], []
+def _read(
+    records: list[ConsumerRecord[bytes, bytes]], model: type[E], what: str
+) -> tuple[list[E], list[DeadLetter]]:
+    """The records as `model` in offset order; one that does not read as such becomes a dead letter."""
+    events: list[E] = []
+    letters: list[DeadLetter] = []
     for record in records:
         try:
-            alerts.append(OverdueAlert.from_json(record.value or b""))
+            events.append(model.from_json(record.value or b""))
         except ValueError as exc:
             letters.append(
                 DeadLetter.of(
                     record.topic,
                     record.key,
                     record.value,
-                    f"invalid alert: {describe_validation_error(exc)}",
+                    f"invalid {what}: {describe_validation_error(exc)}",
                     datetime.now(UTC),
                     origin=f"{record.partition}@{record.offset}",
                 )
             )
+    return events, letters
+
+
+async def write_alerts(store: Store, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    """Overdue alerts into `alerts`."""
+    alerts, letters = _read(records, OverdueAlert, "alert")
     await AlertStore(store).save(alerts)
     await store.save_dead_letters(letters)
 
 
 async def write_case_events(store: Store, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-    """Case events into `case_events` and `cases`, in offset order; one that does not read as
-    case-event/1 becomes a dead letter."""
-    events, letters = [], []
-    for record in records:
-        try:
-            events.append(CaseEvent.from_json(record.value or b""))
-        except ValueError as exc:
-            letters.append(
-                DeadLetter.of(
-                    record.topic,
-                    record.key,
-                    record.value,
-                    f"invalid case event: {describe_validation_error(exc)}",
-                    datetime.now(UTC),
-                    origin=f"{record.partition}@{record.offset}",
-                )
-            )
+    """Case events into `case_events` and `cases`, in offset order."""
+    events, letters = _read(records, CaseEvent, "case event")
     await CaseStore(store).save(events)
     await store.save_dead_letters(letters)
 
