@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from adapters.registry import RegistryStore, publisher
+from adapters.runtime import child_env
 from adapters.store import Store
 from spotcheck.draws import Enterprise, EnterpriseKind, Inspector
 from spotcheck.settings import Settings
@@ -147,3 +153,43 @@ async def small_directory(store: Store, producer: AIOKafkaProducer, settings: Se
     await registry.upsert("enterprise", enterprises, "test", now, publish)
     await registry.upsert("inspector", inspectors, "test", now, publish)
     return ids
+
+
+async def topic_to_end(settings: Settings, name: str) -> list[dict[str, Any]]:
+    """Every value on a topic of the test's namespace, from the beginning to its current end."""
+    topic = f"{settings.topic_namespace}.{name}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        found: list[dict[str, Any]] = []
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batch = await consumer.getmany(timeout_ms=1000)
+            found += [json.loads(r.value or b"") for records in batch.values() for r in records]
+        return found
+    finally:
+        await consumer.stop()
+
+
+@asynccontextmanager
+async def streams_worker(settings: Settings, log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`spotcheck run streams` as `up` runs it, in its own process; stopped with SIGTERM at the end.
+    It must exit cleanly, unless the test killed it (SIGKILL)."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spotcheck", "run", "streams"],
+            env=child_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+        if code != -signal.SIGKILL:
+            assert code == 0, (await asyncio.to_thread(log.read_text))[-3000:]

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from adapters.draws import DrawStore
 from adapters.registry import RegistryStore, publisher
@@ -30,7 +28,7 @@ from spotcheck.custody import CustodyStep, Role, TaskState
 from spotcheck.draws import Enterprise, EnterpriseKind, Inspector
 from spotcheck.events import Comparison, ItemJudgement, LimitView, Outcome, SamplingTask, TaskKind, Verdict
 from spotcheck.settings import Settings
-from tests.integration.helpers import TOKEN, eventually
+from tests.integration.helpers import TOKEN, eventually, streams_worker, topic_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -53,25 +51,6 @@ async def settings(settings: Settings, tmp_path: Path) -> Settings:
 def set_clock(settings: Settings, moment: datetime) -> None:
     assert settings.clock_file is not None
     settings.clock_file.write_text(moment.isoformat())
-
-
-@asynccontextmanager
-async def streams_worker(settings: Settings, log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """`spotcheck run streams`; stopped with SIGTERM at the end unless a test killed it."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "spotcheck", "run", "streams"],
-            env=child_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(proc.wait, 60)
-            assert code == 0, (await asyncio.to_thread(log.read_text))[-3000:]
 
 
 async def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -206,21 +185,7 @@ async def stored_task(store: Store, task_id: str) -> SamplingTask:
 
 
 async def actions_on_topic(settings: Settings) -> list[dict[str, Any]]:
-    topic = f"{settings.topic_namespace}.actions"
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        found: list[dict[str, Any]] = []
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            batch = await consumer.getmany(timeout_ms=1000)
-            found += [json.loads(r.value or b"") for records in batch.values() for r in records]
-        return found
-    finally:
-        await consumer.stop()
+    return await topic_to_end(settings, "actions")
 
 
 def kinds(case: dict[str, Any]) -> list[str]:

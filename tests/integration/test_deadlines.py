@@ -3,11 +3,7 @@ the API: one alert per missed deadline, none for a task in time or ended, none t
 
 from __future__ import annotations
 
-import asyncio
-import json
-import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,13 +13,19 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from adapters.runtime import child_env
 from spotcheck.custody import CustodyStep, TaskState
 from spotcheck.events import SamplingTask
 from spotcheck.settings import Settings
-from tests.integration.helpers import GASOLINE_ITEMS, create_task, dead_letters, eventually
+from tests.integration.helpers import (
+    GASOLINE_ITEMS,
+    create_task,
+    dead_letters,
+    eventually,
+    streams_worker,
+    topic_to_end,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +35,11 @@ SPEC = "GB17930-2016:VIB:92"  # the catalog gives 10 days to report
 
 
 @asynccontextmanager
-async def streams_worker(settings: Settings, log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """`spotcheck run streams` as `up` runs it, checking deadlines every second."""
+async def quick_worker(settings: Settings, log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """The stream processor checking deadlines every second."""
     quick = settings.model_copy(update={"overdue_check_seconds": 1.0})
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "spotcheck", "run", "streams"],
-            env=child_env(quick),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    async with streams_worker(quick, log) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 60)
-        assert code == 0, _tail(log)
-
-
-def _tail(log: Path) -> str:
-    return log.read_text()[-3000:]
 
 
 def task(task_id: str, **kw: Any) -> SamplingTask:
@@ -104,21 +90,7 @@ async def publish(
 
 async def alerts_on_topic(settings: Settings) -> list[dict[str, Any]]:
     """Every alert on the alerts topic, from the beginning."""
-    topic = f"{settings.topic_namespace}.alerts"
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        found: list[dict[str, Any]] = []
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            batch = await consumer.getmany(timeout_ms=1000)
-            found += [json.loads(r.value or b"") for records in batch.values() for r in records]
-        return found
-    finally:
-        await consumer.stop()
+    return await topic_to_end(settings, "alerts")
 
 
 def counted(alerts: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
@@ -173,7 +145,7 @@ async def test_overdue_tasks_are_alerted_once_even_across_a_restart(
     expected = {(a, "sampling-overdue"): 1, ("T-C", "report-overdue"): 1}
 
     log = tmp_path / "streams.log"
-    async with streams_worker(settings, log):
+    async with quick_worker(settings, log):
         first = await eventually(topic_has(settings, lambda c: set(c) >= set(expected)), timeout=120)
         stored = await eventually(lambda: _at_least(api_alerts(http), 2))
         letters = await eventually(lambda: _mine(dead_letters(http)))
@@ -192,7 +164,7 @@ async def test_overdue_tasks_are_alerted_once_even_across_a_restart(
 
     # the restarted worker recovers its table (alerts sent included) and fires nothing again;
     # two tasks made overdue after the restart prove it checked since
-    async with streams_worker(settings, log):
+    async with quick_worker(settings, log):
         await publish(lab, settings, task("T-F", sampling_due=NOW - timedelta(days=1)))
         await eventually(topic_has(settings, lambda c: ("T-F", "sampling-overdue") in c), timeout=120)
         await publish(lab, settings, task("T-G", sampling_due=NOW - timedelta(days=1)))
