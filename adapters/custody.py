@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -28,14 +28,9 @@ class CustodyStore:
         self._cache_for = token_cache_seconds
         self._verified: dict[str, tuple[str, float]] = {}  # token -> (inspector id, until)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """One connection in a transaction; driver errors come out as the project's own."""
-        try:
-            async with self._store.pool.acquire() as conn, conn.transaction():
-                yield conn
-        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            raise translate(exc) from exc
+    def transaction(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """One connection in a transaction (the store's)."""
+        return self._store.transaction()
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:

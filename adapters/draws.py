@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from adapters import outbox
 from adapters.cases import CaseStore
 from adapters.store import Store
 from spotcheck.draws import DrawResult, Plan, Snapshot
@@ -52,9 +53,11 @@ class DrawStore:
         history: dict[str, list[str]],
         result: DrawResult,
         tasks: Sequence[SamplingTask],
+        messages: Sequence[outbox.Message] = (),
     ) -> None:
-        """The draw and its tasks in one transaction (a re-run of the same record is a no-op)."""
-        async with self._store.pool.acquire() as conn, conn.transaction():
+        """The draw, its tasks and `messages` (to the outbox) in one transaction (a re-run of the
+        same record is a no-op)."""
+        async with self._store.transaction() as conn:
             try:
                 await conn.execute(
                     "INSERT INTO draws (draw_id, plan_id, draw_date, campaign_id, seed, requested_plan, plan,"
@@ -89,6 +92,7 @@ class DrawStore:
                     f"draw {record.redraw_of} was already redrawn", field="redraw_of"
                 ) from None
             await self._store.save_tasks(tasks, conn)
+            await outbox.add(conn, messages)
 
     async def record(self, draw_id: str) -> DrawRecord:
         return DrawRecord.model_validate_json(await self._column("record", draw_id))
@@ -135,9 +139,10 @@ class DrawStore:
             )
         return [DrawRecord.model_validate_json(r["record"]) for r in rows]
 
-    async def cancel(self, record: DrawRecord) -> None:
-        """Store the cancelled record (the trigger refuses any other change and a second cancel)."""
-        async with self._store.pool.acquire() as conn:
+    async def cancel(self, record: DrawRecord, messages: Sequence[outbox.Message] = ()) -> None:
+        """Store the cancelled record (the trigger refuses any other change and a second cancel) and
+        `messages` (to the outbox) in one transaction."""
+        async with self._store.transaction() as conn:
             await conn.execute(
                 "UPDATE draws SET status = $2, cancelled_at = $3, cancel_reason = $4, record = $5::jsonb"
                 " WHERE draw_id = $1",
@@ -147,6 +152,7 @@ class DrawStore:
                 record.cancel_reason,
                 _dump(record),
             )
+            await outbox.add(conn, messages)
 
     async def task_states(self, task_ids: Sequence[str]) -> dict[str, str | None]:
         """The custody state of each task where one is recorded (None: never moved since created)."""

@@ -150,6 +150,25 @@ class LabStore:
             )
         return {r["result_id"]: r["payload"] for r in rows}
 
+    async def result(self, result_id: str) -> dict[str, Any]:
+        """What the platform stored of one result; NotFound if nothing."""
+        async with self._store.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT result_id, task_id, lab_id, state, received_at, payload::text AS payload"
+                " FROM lab_results WHERE result_id = $1",
+                result_id,
+            )
+        if row is None:
+            raise NotFound(f"no result {result_id} is stored")
+        return {
+            "result_id": row["result_id"],
+            "task_id": row["task_id"],
+            "lab_id": row["lab_id"],
+            "state": row["state"],
+            "received_at": row["received_at"].isoformat(),
+            "result": json.loads(row["payload"]),
+        }
+
     async def stats(self, lab_id: str, since: datetime) -> dict[str, Any]:
         """Turnaround (task created -> verdict) of samples judged since `since`, and the backlog."""
         lab = await self.get(lab_id)

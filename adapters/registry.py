@@ -1,5 +1,5 @@
 """The directory in PostgreSQL: current records, every version with its validity, snapshots as of
-a time, searches; every change published on the registry topic before it is stored."""
+a time, searches; every change stored with its message to the registry topic."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any, Literal
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
 
-from adapters import kafka
+from adapters import outbox
 from adapters.labs import LabStore
 from adapters.store import Store
 from spotcheck.draws import Snapshot
@@ -34,7 +33,7 @@ from spotcheck.topics import REGISTRY
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["created", "updated", "unchanged"]
-Publish = Callable[[list[RegistryChange]], Awaitable[None]]
+Publish = Callable[[asyncpg.Connection, list[RegistryChange]], Awaitable[None]]
 _LOCK = 0x5C0_4E61  # pg_advisory_xact_lock(key, kind): one writer per kind at a time
 _KIND_NO = {"enterprise": 1, "inspector": 2, "product": 3}
 
@@ -61,12 +60,12 @@ class _Current:
     since: datetime
 
 
-def publisher(producer: AIOKafkaProducer, settings: Settings) -> Publish:
-    """Publishes changes on the registry topic, keyed by record id, and waits for the broker."""
+def publisher(settings: Settings) -> Publish:
+    """Queues changes for the registry topic, keyed by record id, in the transaction that writes them."""
     topic = REGISTRY.full_name(settings)
 
-    async def publish(changes: list[RegistryChange]) -> None:
-        await kafka.publish(producer, topic, [(c.record_id, c.to_json()) for c in changes])
+    async def publish(conn: asyncpg.Connection, changes: list[RegistryChange]) -> None:
+        await outbox.add(conn, [(topic, c.record_id, c.to_json()) for c in changes])
 
     return publish
 
@@ -91,7 +90,7 @@ def _rounds(changes: list[RegistryChange]) -> list[list[RegistryChange]]:
 
 class RegistryStore:
     """The directory on the Store's pool. Writes are serialized per kind (an advisory lock), so
-    versions never collide; each change is published, then written, in one transaction."""
+    versions never collide; each change is written and queued for the topic in one transaction."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -136,7 +135,7 @@ class RegistryStore:
                 changes.append(change)
                 current[rid] = _Current(data, version, False, when)
             if changes:
-                await publish(changes)
+                await publish(conn, changes)
                 await self._write(conn, kind, changes)
         return outcomes
 
@@ -158,7 +157,7 @@ class RegistryStore:
             change = RegistryChange.make(
                 kind, rid, "remove", None, cur.version + 1, max(at, cur.since), changed_by, reason
             )
-            await publish([change])
+            await publish(conn, [change])
             await self._write(conn, kind, [change])
         return change
 
@@ -347,14 +346,12 @@ class RegistryStore:
         return found, (rows[0]["total"] if rows else 0)
 
 
-async def load_demo_registry(
-    store: Store, producer: AIOKafkaProducer, settings: Settings, seed: int = DEFAULT_SEED
-) -> dict[str, int]:
+async def load_demo_registry(store: Store, settings: Settings, seed: int = DEFAULT_SEED) -> dict[str, int]:
     """The demo directory (spotcheck.registry_demo) in the store, its changes on the topic.
     Idempotent: loading it again changes nothing. Returns how many records of each kind it holds."""
     demo = generate(seed)
     registry = RegistryStore(store)
-    publish = publisher(producer, settings)
+    publish = publisher(settings)
     now = datetime.now(UTC)
     counts: dict[str, int] = {}
     batches: list[tuple[RecordKind, Sequence[Record]]] = [

@@ -29,9 +29,9 @@ from spotcheck.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-ROLES = ("api", "verdicts", "sink", "push", "custody", "streams")
+ROLES = ("api", "relay", "verdicts", "sink", "push", "custody", "streams")
 # the heartbeats /healthz requires
-WORKER_COMPONENTS = ("verdicts", "store-sink", "center-push", "custody", "streams")
+WORKER_COMPONENTS = ("relay", "verdicts", "store-sink", "center-push", "custody", "streams")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -123,12 +123,24 @@ async def infrastructure(
 
 
 async def prepare(settings: Settings, progress: Progress) -> None:
-    """Migrations and topics: both idempotent, both done before any worker starts."""
-    with progress.step("database migrations"):
-        async with Store(_db_url(settings), max_size=1) as store:
+    """Migrations, topics, and the outbox checked against the broker: all idempotent, all done
+    before any worker starts (so nothing is published before a forgetful broker is noticed)."""
+    from producers.relay import Relay
+
+    async with Store(_db_url(settings), max_size=2) as store:
+        with progress.step("database migrations"):
             await store.migrate()
-    with progress.step(f"topics ({settings.topic_partitions} partitions)"):
-        await kafka.create_topics(settings)
+        with progress.step(f"topics ({settings.topic_partitions} partitions)"):
+            await kafka.create_topics(settings)
+        with progress.step("outbox checked against the broker"):
+            producer = kafka.producer(settings)
+            await producer.start()
+            try:
+                again = await Relay(settings, store, producer).recover()
+            finally:
+                await producer.stop()
+    if again:
+        progress.console.print(f"  {again} accepted message(s) the broker had lost will be published again")
 
 
 def _db_url(settings: Settings) -> str:
@@ -187,6 +199,7 @@ async def workers(
     from consumers.custody import CustodyProcessor
     from consumers.sink import StoreSink
     from consumers.verdicts import VerdictProcessor
+    from producers.relay import Relay
 
     started: dict[str, object] = {}
     async with AsyncExitStack() as stack:
@@ -196,6 +209,11 @@ async def workers(
         producer = kafka.producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        if "relay" in roles:
+            relay = Relay(settings, store, producer)
+            await relay.start()
+            stack.push_async_callback(relay.stop)  # stopped after the others: it publishes what they queued
+            started["relay"] = relay
         consumers: list[BatchConsumer] = []
         if "verdicts" in roles:
             consumers.append(VerdictProcessor(settings, store, producer))
@@ -308,9 +326,9 @@ async def _up(settings: Settings, demo: bool, console: Console, progress: Progre
         await prepare(effective, progress)
         token = admin_token(effective, console)
         async with streams_process(effective) as streams, AsyncExitStack() as stack:
-            roles = ("api", "verdicts", "sink", "push", "custody")
+            roles = ("api", "relay", "verdicts", "sink", "push", "custody")
             with progress.step(
-                "verdict processor, store sink, center push, custody processor"
+                "outbox relay, verdict processor, store sink, center push, custody processor"
                 + (", lab simulator" if demo else "")
                 + f" and HTTP API on http://{effective.http_host}:{effective.http_port}"
             ):

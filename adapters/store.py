@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from adapters import outbox
 from spotcheck.custody import initial_state
 from spotcheck.errors import StoreError, TransientError
 from spotcheck.events import DeadLetter, LabResult, SamplingTask, Verdict
@@ -116,6 +117,15 @@ class Store:
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             async with self.pool.acquire() as conn:
+                yield conn
+        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            raise translate(exc) from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection in a transaction; driver errors come out as the project's own."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
         except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             raise translate(exc) from exc
@@ -237,13 +247,14 @@ class Store:
         pending: Sequence[LabResult],
         verdicts: Sequence[Verdict],
         payloads: Mapping[str, str] | None = None,
-        before_commit: Awaitable[None] | None = None,
+        refused: Sequence[str] = (),
+        messages: Sequence[outbox.Message] = (),
     ) -> None:
         """One transaction for a processed batch; re-running it changes nothing. `payloads` are
-        results' JSON as received (else re-serialised); `before_commit` is awaited before the
-        transaction commits, and its failure rolls it back."""
+        results' JSON as received (else re-serialised); `refused`: ids of results the samples
+        refused (a received one becomes rejected); `messages` go to the outbox with the rest."""
         raw = payloads or {}
-        async with self._conn() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await self.save_tasks(tasks, conn)
             results = [("pending", r) for r in pending] + [("accepted", r) for r in accepted]
             await _bulk_insert(
@@ -265,8 +276,14 @@ class Store:
                     for state, r in results
                 ],
                 "ON CONFLICT (result_id) DO UPDATE SET state = EXCLUDED.state"
-                " WHERE lab_results.state = 'pending'",
+                " WHERE lab_results.state IN ('pending', 'received')",
             )
+            if refused:
+                await conn.execute(
+                    "UPDATE lab_results SET state = 'rejected'"
+                    " WHERE result_id = ANY($1) AND state = 'received'",
+                    list(refused),
+                )
             await _bulk_insert(
                 conn,
                 "verdicts",
@@ -301,18 +318,17 @@ class Store:
                 ],
                 "ON CONFLICT (verdict_id) DO NOTHING",
             )
-            if before_commit is not None:
-                await before_commit
+            await outbox.add(conn, messages)
 
     async def expire_pending(
         self,
         older_than: datetime,
-        reject: Callable[[list[LabResult]], Awaitable[None]],
+        letters: Callable[[list[LabResult]], Sequence[outbox.Message]],
         limit: int = 1000,
     ) -> int:
-        """Hand pending results older than the grace period to `reject`, then mark them rejected
-        (in one transaction: if `reject` fails they stay pending and are tried again)."""
-        async with self._conn() as conn, conn.transaction():
+        """Mark pending results older than the grace period rejected, with the dead letters
+        `letters` makes of them in the outbox, in one transaction."""
+        async with self.transaction() as conn:
             rows = await conn.fetch(
                 "SELECT result_id, payload FROM lab_results WHERE state = 'pending'"
                 " AND received_at < $1 ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -321,7 +337,7 @@ class Store:
             )
             if not rows:
                 return 0
-            await reject([LabResult.model_validate_json(r["payload"]) for r in rows])
+            await outbox.add(conn, letters([LabResult.model_validate_json(r["payload"]) for r in rows]))
             await conn.execute(
                 "UPDATE lab_results SET state = 'rejected' WHERE result_id = ANY($1)",
                 [r["result_id"] for r in rows],

@@ -11,9 +11,9 @@ import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
-from adapters import kafka
+from adapters import outbox
 from adapters.custody import CustodyStore
-from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
+from adapters.metrics import DEAD_LETTERS
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
 from spotcheck.custody import CustodyStep, TaskCustody, verdict_steps
@@ -75,15 +75,11 @@ class CustodyProcessor(BatchConsumer):
                 else:
                     self._judge(held, event, record, out)
             await self.custody.save(conn, out.steps, out.touched.values())
-            # the refusals are on their topic before the transaction commits: a replayed batch
-            # publishes them again with the same letter ids, which the sink stores once
-            await kafka.publish_all(
-                self.producer, [(self.letters_topic, d.key, d.to_json()) for d in out.letters]
-            )
+            # the refusals go out through the outbox with the steps and states they refused
+            await outbox.add(conn, [(self.letters_topic, d.key, d.to_json()) for d in out.letters])
         for letter in out.letters:
             DEAD_LETTERS.labels(letter.source).inc()
         if out.letters:
-            EVENTS_OUT.labels(self.letters_topic).inc(len(out.letters))
             log.info("custody steps refused", count=len(out.letters), first=out.letters[0].reason)
 
     def _decode(self, record: Record, out: _Outcome) -> CustodyStep | Verdict | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -14,9 +13,8 @@ import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from adapters import kafka
 from adapters.labs import LabStore
-from adapters.metrics import DEAD_LETTERS, EVENTS_OUT, VERDICT_LATENCY
+from adapters.metrics import DEAD_LETTERS, VERDICT_LATENCY
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
 from spotcheck.errors import SpotcheckError
@@ -50,6 +48,7 @@ class _Outcome:
     pending: list[LabResult] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # ids of results the samples refused
     last_result_ts: dict[str, int] = field(default_factory=dict)  # task_id -> broker ms
     payloads: dict[str, str] = field(default_factory=dict)  # result_id -> JSON as received
 
@@ -180,6 +179,7 @@ class VerdictProcessor(BatchConsumer):
             accepted = state.apply(result)
         except Rejected as exc:
             origin = f"{record.partition}@{record.offset}" if record is not None else "pending"
+            out.refused.append(result.result_id)
             out.letters.append(
                 DeadLetter.of(
                     self.names["lab-results"],
@@ -241,39 +241,25 @@ class VerdictProcessor(BatchConsumer):
             self.cache.popitem(last=False)
 
     async def _emit(self, out: _Outcome) -> None:
-        # The verdicts must be on the topic before the store says they exist: a replayed batch
-        # would not publish them again. So the store's transaction commits only after the
-        # broker has them; both run at once.
-        publishing = asyncio.ensure_future(
-            kafka.publish_all(
-                self.producer,
-                [(self.names["verdicts"], v.task_id, v.to_json()) for v in out.verdicts]
-                + [(self.names["dead-letters"], d.key, d.to_json()) for d in out.letters],
-            )
+        # Verdicts and dead letters go to the outbox in the transaction that stores the batch: the
+        # relay publishes them, so a verdict exists on the topic if and only if it is stored.
+        await self.store.write_batch(
+            tasks=out.tasks,
+            accepted=out.accepted,
+            pending=out.pending,
+            verdicts=out.verdicts,
+            payloads=out.payloads,
+            refused=out.refused,
+            messages=[(self.names["verdicts"], v.task_id, v.to_json()) for v in out.verdicts]
+            + [(self.names["dead-letters"], d.key, d.to_json()) for d in out.letters],
         )
-        try:
-            await self.store.write_batch(
-                tasks=out.tasks,
-                accepted=out.accepted,
-                pending=out.pending,
-                verdicts=out.verdicts,
-                payloads=out.payloads,
-                before_commit=publishing,
-            )
-        finally:
-            if not publishing.done():
-                publishing.cancel()
-            await asyncio.gather(publishing, return_exceptions=True)
         now_ms = time.time() * 1000
         for v in out.verdicts:
             if v.task_id in out.last_result_ts:
                 VERDICT_LATENCY.observe(max(now_ms - out.last_result_ts[v.task_id], 0) / 1000)
-        if out.verdicts:
-            EVENTS_OUT.labels(self.names["verdicts"]).inc(len(out.verdicts))
         for letter in out.letters:
             DEAD_LETTERS.labels(letter.source).inc()
         if out.letters:
-            EVENTS_OUT.labels(self.names["dead-letters"]).inc(len(out.letters))
             log.info("inputs rejected", count=len(out.letters), first=out.letters[0].reason)
 
     async def idle(self) -> None:
@@ -283,9 +269,11 @@ class VerdictProcessor(BatchConsumer):
             return
         self._swept_at = now
         cutoff = self.now() - timedelta(seconds=self.settings.result_grace_seconds)
-        await self.store.expire_pending(cutoff, self._reject_expired)
+        expired = await self.store.expire_pending(cutoff, self._expired_letters)
+        if expired:
+            log.info("pending results expired", count=expired)
 
-    async def _reject_expired(self, expired: list[LabResult]) -> None:
+    def _expired_letters(self, expired: list[LabResult]) -> list[tuple[str, str | None, bytes]]:
         letters = [
             DeadLetter.of(
                 self.names["lab-results"],
@@ -298,9 +286,6 @@ class VerdictProcessor(BatchConsumer):
             )
             for r in expired
         ]
-        await kafka.publish(
-            self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in letters]
-        )
         for letter in letters:
             DEAD_LETTERS.labels(letter.source).inc()
-        log.info("pending results expired", count=len(letters))
+        return [(self.names["dead-letters"], d.key, d.to_json()) for d in letters]

@@ -22,6 +22,7 @@ from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from adapters.store import Store
 from consumers.verdicts import VerdictProcessor
+from producers.relay import Relay
 from producers.simulator import demo_labs, demo_registry, register_demo_labs, simulated_results
 from spotcheck.events import LabResult, SamplingTask
 from spotcheck.settings import Settings
@@ -144,17 +145,27 @@ async def pipeline(settings: Settings, load: Workload) -> tuple[float, int]:
         producer = kafka.producer(settings)
         await producer.start()
         processor = VerdictProcessor(settings, store, producer)
+        relay = Relay(settings, store, producer)
+        await relay.start()
         await processor.start()
         try:
             await processor.ready.wait()
             joined = time.perf_counter()
             while await store.verdict_count() < len(load.tasks):  # noqa: ASYNC110 - polls the database
                 await asyncio.sleep(0.02)
+            while await _unpublished(store):  # noqa: ASYNC110 - the verdicts on their topic too
+                await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - joined
         finally:
             await processor.stop()
+            await relay.stop()
             await producer.stop()
     return len(load.results) / elapsed, len(load.tasks)
+
+
+async def _unpublished(store: Store) -> int:
+    async with store.transaction() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
 
 async def latency(settings: Settings, samples: int) -> list[float]:
@@ -168,6 +179,8 @@ async def latency(settings: Settings, samples: int) -> list[float]:
         producer = kafka.producer(settings, linger_ms=0)
         await producer.start()
         processor = VerdictProcessor(settings, store, producer)
+        relay = Relay(settings, store, producer)
+        await relay.start()
         await processor.start()
         watcher = AIOKafkaConsumer(
             VERDICTS.full_name(settings), bootstrap_servers=settings.bootstrap, auto_offset_reset="latest"
@@ -198,6 +211,7 @@ async def latency(settings: Settings, samples: int) -> list[float]:
         finally:
             await watcher.stop()
             await processor.stop()
+            await relay.stop()
             await producer.stop()
 
 

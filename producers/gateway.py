@@ -1,4 +1,5 @@
-"""The lab-result gateway: every result sent over HTTP or from a file passes here to the topic."""
+"""The lab-result gateway: every result sent over HTTP or from a file passes here; an accepted one is
+stored as received, with its message to the lab-results topic in the outbox, in one transaction."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from adapters import kafka
+from adapters import outbox
 from adapters.labs import LabStore
-from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
+from adapters.metrics import DEAD_LETTERS
+from adapters.store import Store
 from spotcheck.errors import NotFound
 from spotcheck.events import DeadLetter, LabResult, describe_validation_error
 from spotcheck.labs import Lab, result_refusal
@@ -40,18 +41,19 @@ class Outcome:
 
 
 class LabGateway:
-    """Checks results against the lab's identity, its tasks and its accreditation, publishes the
-    good ones on the lab-results topic and the refused ones on the dead-letter topic."""
+    """Checks results against the lab's identity, its tasks and its accreditation; stores the good
+    ones as received and queues them for the lab-results topic, and the refused ones for the
+    dead-letter topic, in one transaction: an `accepted` answer means stored."""
 
     def __init__(
         self,
         settings: Settings,
+        store: Store,
         labs: LabStore,
-        producer: AIOKafkaProducer,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.store = store
         self.labs = labs
-        self.producer = producer
         self.now = now
         self.results_topic = LAB_RESULTS.full_name(settings)
         self.letters_topic = DEAD_LETTERS_TOPIC.full_name(settings)
@@ -101,14 +103,15 @@ class LabGateway:
         stored = await self.labs.stored_results(sorted({r.result_id for r in candidates}))
         catalog = load_catalog()
         outcomes: list[Outcome] = []
-        publish: list[tuple[str, str | None, bytes]] = []
+        fresh: list[LabResult] = []
+        letters: list[outbox.Message] = []
         seen: dict[str, LabResult] = {}
         for where, raw, maybe, outcome in parsed:
             if outcome is None and maybe is not None:
                 outcome = self._check(where, maybe, lab, tasks, stored, seen, catalog)
                 if outcome.status == "accepted":
                     seen[maybe.result_id] = maybe
-                    publish.append((self.results_topic, maybe.task_id, maybe.to_json()))
+                    fresh.append(maybe)
             assert outcome is not None
             if outcome.status in ("invalid", "forbidden"):
                 letter = DeadLetter.of(
@@ -119,14 +122,46 @@ class LabGateway:
                     self.now(),
                     origin=f"item {where}",
                 )
-                publish.append((self.letters_topic, letter.key, letter.to_json()))
+                letters.append((self.letters_topic, letter.key, letter.to_json()))
                 DEAD_LETTERS.labels(source).inc()
             outcomes.append(outcome)
-        await kafka.publish_all(self.producer, publish)
-        accepted = sum(1 for o in outcomes if o.status == "accepted")
-        if accepted:
-            EVENTS_OUT.labels(self.results_topic).inc(accepted)
-        return outcomes
+        async with self.store.transaction() as conn:
+            taken = await self._receive(conn, fresh)
+            await outbox.add(
+                conn,
+                [(self.results_topic, r.task_id, r.to_json()) for r in fresh if r.result_id in taken]
+                + letters,
+            )
+        raced = {r.result_id for r in fresh} - taken  # the same result sent twice at once: one wins
+        return [
+            Outcome(o.where, o.result_id, "duplicate", "already received; nothing changed")
+            if o.status == "accepted" and o.result_id in raced
+            else o
+            for o in outcomes
+        ]
+
+    @staticmethod
+    async def _receive(conn: Any, results: Sequence[LabResult]) -> set[str]:
+        """Store results as received; the ids stored now (one stored before is left as it was)."""
+        if not results:
+            return set()
+        rows = await conn.fetch(
+            "INSERT INTO lab_results (result_id, task_id, lab_id, item, value, unit, amends, state, payload)"
+            " SELECT r.result_id, r.task_id, r.lab_id, r.item, r.value, r.unit, r.amends, 'received',"
+            " r.payload::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+            " $6::text[], $7::text[], $8::text[]) WITH ORDINALITY"
+            " AS r(result_id, task_id, lab_id, item, value, unit, amends, payload, n)"
+            " ORDER BY r.n ON CONFLICT (result_id) DO NOTHING RETURNING result_id",
+            [r.result_id for r in results],
+            [r.task_id for r in results],
+            [r.lab_id for r in results],
+            [r.item for r in results],
+            [str(r.value) for r in results],
+            [r.unit for r in results],
+            [r.amends for r in results],
+            [r.to_json().decode() for r in results],
+        )
+        return {row["result_id"] for row in rows}
 
     def _check(
         self,

@@ -10,11 +10,9 @@ from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
-from adapters import kafka
+from adapters import outbox
 from adapters.draws import DrawStore
-from adapters.metrics import EVENTS_OUT
 from adapters.registry import RegistryStore
 from adapters.store import Store
 from spotcheck.custody import CustodyStep, Role, TaskState, initial_state, sampling_due
@@ -45,18 +43,16 @@ class DrawConflict(SpotcheckError):
 
 
 class Scheduler:
-    """Draws on the shared store and producer; `now` is injectable for tests."""
+    """Draws on the shared store (tasks and records leave through its outbox); `now` is injectable."""
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
-        producer: AIOKafkaProducer,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.store = store
-        self.producer = producer
         self.now = now
         self.zone = ZoneInfo(settings.timezone)
         self.draws = DrawStore(store)
@@ -107,8 +103,6 @@ class Scheduler:
             redraw_reason=request.reason if request.redraw_of else None,
         )
         tasks_topic = TASKS.full_name(self.settings)
-        await kafka.publish(self.producer, tasks_topic, [(t.task_id, t.to_json()) for t in tasks])
-        EVENTS_OUT.labels(tasks_topic).inc(len(tasks))
         await self.draws.save(
             record,
             requested=request.plan,
@@ -117,8 +111,8 @@ class Scheduler:
             history=history,
             result=result,
             tasks=tasks,
+            messages=[(tasks_topic, t.task_id, t.to_json()) for t in tasks] + [self._record_message(record)],
         )
-        await self._publish_record(record)
         log.info(
             "draw published",
             draw_id=draw_id,
@@ -152,10 +146,8 @@ class Scheduler:
             tasks.append(task.model_copy(update={"draw_id": draw_id, "sampling_due": due}))
         return tasks
 
-    async def _publish_record(self, record: DrawRecord) -> None:
-        topic = DRAWS.full_name(self.settings)
-        await kafka.publish(self.producer, topic, [(record.draw_id, record.to_json())])
-        EVENTS_OUT.labels(topic).inc()
+    def _record_message(self, record: DrawRecord) -> outbox.Message:
+        return (DRAWS.full_name(self.settings), record.draw_id, record.to_json())
 
     async def cancel(self, draw_id: str, reason: str, by: str) -> DrawRecord:
         """Cancel a draw whose samples are not taken yet: its tasks get a `cancelled` custody step."""
@@ -187,13 +179,13 @@ class Scheduler:
             for task_id in sorted(current)
         ]
         custody = CUSTODY.full_name(self.settings)
-        await kafka.publish(self.producer, custody, [(s.task_id, s.to_json()) for s in steps])
-        EVENTS_OUT.labels(custody).inc(len(steps))
         cancelled = record.model_copy(
             update={"status": DrawStatus.CANCELLED, "cancelled_at": now, "cancel_reason": reason}
         )
-        await self.draws.cancel(cancelled)
-        await self._publish_record(cancelled)
+        await self.draws.cancel(
+            cancelled,
+            [(custody, s.task_id, s.to_json()) for s in steps] + [self._record_message(cancelled)],
+        )
         log.info("draw cancelled", draw_id=draw_id, tasks=len(steps), reason=reason)
         return cancelled
 

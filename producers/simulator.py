@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from adapters import kafka
+from adapters import kafka, outbox
 from adapters.labs import LabStore
 from adapters.registry import load_demo_registry
 from adapters.store import Store
@@ -148,7 +148,7 @@ class Simulator:
     async def start(self) -> None:
         """The demo labs and the demo directory of the seed city (both idempotent), then the stream."""
         await register_demo_labs(self.store)
-        await load_demo_registry(self.store, self.producer, self.settings)
+        await load_demo_registry(self.store, self.settings)
         self._labs = demo_labs()
         self._makers: dict[str, list[str]] = {}  # catalog product -> enterprises of the directory
         for enterprise in generate().enterprises:
@@ -195,7 +195,9 @@ class Simulator:
         )
         lab = self._labs[offer["lab_id"]]
         task = build_task(request, await self.store.next_task_number(), now, zone, lab)
-        await kafka.publish(self.producer, tasks_topic, [(task.task_id, task.to_json())])
+        async with self.store.transaction() as conn:  # a task is created as the API creates one
+            await self.store.save_tasks([task], conn)
+            await outbox.add(conn, [(tasks_topic, task.task_id, task.to_json())])
         fail = rng.random() < self.settings.demo_fail_share
         results = simulated_results(task, now.astimezone(zone).date(), fail, rng, now)
         messages: list[tuple[str | None, bytes]] = [(r.task_id, r.to_json()) for r in results]
@@ -203,5 +205,5 @@ class Simulator:
             messages.append((task.task_id, malformed(results[0], rng)))
         if rng.random() < self.settings.demo_correction_share:
             messages.append((task.task_id, correction(results[-1], rng).to_json()))
-        await kafka.publish(self.producer, results_topic, messages)
+        await kafka.publish(self.producer, results_topic, messages)  # the lab's own Kafka client
         self.created += 1

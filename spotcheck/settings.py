@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     result_grace_seconds: float = Field(default=300.0, ge=0)
     sample_cache_size: int = Field(default=50_000, ge=100)
 
+    # The outbox relay: messages the platform owes the broker, published from PostgreSQL.
+    outbox_batch: int = Field(default=1000, ge=1, description="rows the relay publishes at once")
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, description="look for rows without a notice")
+    outbox_track_seconds: float = Field(default=2.0, gt=0, description="how often processed rows are found")
+    outbox_keep_seconds: float = Field(default=3600.0, ge=0, description="processed rows kept for")
+    outbox_max_age_hours: float = Field(
+        default=168.0, gt=0, description="rows a reader never processed are dropped after (with a warning)"
+    )
+
     # Lab ingest (HTTP and files).
     ingest_max_batch: int = Field(default=500, ge=1, description="results per POST /api/v1/lab-results")
     lab_key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a verified key is trusted")
@@ -104,3 +113,8 @@ class Settings(BaseSettings):
 
     def group_id(self, name: str) -> str:
         return f"{self.topic_namespace}.{name}"
+
+    @property
+    def streams_app_id(self) -> str:
+        """The stream processor's faust app id, which is also its consumer group."""
+        return f"{self.topic_namespace}-streams"

@@ -41,6 +41,9 @@ REGISTRY = Topic("registry", "record_id", RegistryChange, "changes of the direct
 DRAWS = Topic("draws", "draw_id", None, "published draws with their seed and directory digest")
 ALERTS = Topic("alerts", "task_id", OverdueAlert, "overdue tasks and other deadline alerts")
 DEAD_LETTERS = Topic("dead-letters", "source key", DeadLetter, "rejected input with the reason")
+RELAY_EPOCHS = Topic(
+    "relay-epochs", "epoch", None, "the outbox relay's marks: a broker without the last one lost everything"
+)
 
 CATALOG: tuple[Topic, ...] = (
     TASKS,
@@ -54,7 +57,32 @@ CATALOG: tuple[Topic, ...] = (
     DRAWS,
     ALERTS,
     DEAD_LETTERS,
+    RELAY_EPOCHS,
 )
+
+
+STREAMS = "streams"  # the stream processor (faust), whose group is its app id
+
+READERS: dict[str, tuple[str, ...]] = {
+    TASKS.name: ("verdicts", STREAMS),
+    CUSTODY.name: ("custody", STREAMS),
+    LAB_RESULTS.name: ("verdicts", "center-push"),
+    VERDICTS.name: ("custody", "center-push", STREAMS),
+    ACTIONS.name: ("store-sink",),
+    CASE_INPUTS.name: (STREAMS,),
+    ALERTS.name: ("store-sink",),
+    DEAD_LETTERS.name: ("store-sink",),
+}
+"""The platform's consumer groups that read each topic (a topic not named here is read by none of
+them): a message is processed once each of these groups has committed past it."""
+
+
+def reader_groups(settings: Settings, topic: Topic) -> tuple[str, ...]:
+    """The full group ids of the platform's readers of `topic`."""
+    return tuple(
+        settings.streams_app_id if reader == STREAMS else settings.group_id(reader)
+        for reader in READERS.get(topic.name, ())
+    )
 
 
 def topic_names(settings: Settings) -> dict[str, str]:

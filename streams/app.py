@@ -17,7 +17,7 @@ def create_app(settings: Settings) -> faust.App:
         # recovery drop a changelog's tail: one record per batch keeps it right.
         options["producer_max_batch_size"] = 1
     app = faust.App(
-        f"{settings.topic_namespace}-streams",
+        settings.streams_app_id,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
         topic_partitions=settings.topic_partitions,

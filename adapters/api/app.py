@@ -18,11 +18,12 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from adapters import kafka
+from adapters import kafka, outbox
 from adapters.api import openapi, schemas
 from adapters.custody import TOKEN_KIND, CustodyStore
 from adapters.labs import LabStore
-from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
+from adapters.metrics import DEAD_LETTERS
+from adapters.outbox import Outbox
 from adapters.store import Store
 from spotcheck.custody import IllegalTransition
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
@@ -127,13 +128,11 @@ async def dead_letter_request(request: web.Request, key: str | None, reason: str
     source = source_of(request)
     letter = DeadLetter.of(source, key, raw, reason, api.now(), origin=uuid.uuid4().hex)
     try:
-        await kafka.publish(
-            api.producer, DEAD_LETTERS_TOPIC.full_name(api.settings), [(letter.key, letter.to_json())]
+        await Outbox(api.store).send(
+            [(DEAD_LETTERS_TOPIC.full_name(api.settings), letter.key, letter.to_json())]
         )
     except SpotcheckError as exc:  # the caller still gets its answer; the log keeps the letter
-        log.error(
-            "dead letter not published", source=source, reason=reason, error=str(exc), payload=raw[:2000]
-        )
+        log.error("dead letter not kept", source=source, reason=reason, error=str(exc), payload=raw[:2000])
         return
     DEAD_LETTERS.labels(source).inc()
 
@@ -208,10 +207,9 @@ async def create_task(request: web.Request) -> web.Response:
     number = await api.store.next_task_number()
     zone, days = ZoneInfo(api.settings.timezone), api.settings.sampling_days
     task = build_task(body, number, api.now(), zone, lab, sampling_days=days)
-    topic = TASKS.full_name(api.settings)
-    await kafka.publish(api.producer, topic, [(task.task_id, task.to_json())])
-    EVENTS_OUT.labels(topic).inc()
-    await api.store.save_tasks([task])  # readable at once; the processor's upsert is a no-op
+    async with api.store.transaction() as conn:  # stored (readable at once) and queued for the topic
+        await api.store.save_tasks([task], conn)
+        await outbox.add(conn, [(TASKS.full_name(api.settings), task.task_id, task.to_json())])
     log.info("task created", task_id=task.task_id, spec=task.spec, lab_id=task.lab_id)
     return web.json_response(
         task.to_dict(), status=201, headers={"Location": f"/api/v1/tasks/{task.task_id}"}

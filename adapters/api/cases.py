@@ -11,11 +11,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from adapters import kafka
 from adapters.api import openapi
 from adapters.api.app import API, _int_param, dead_letter_request, read_json
 from adapters.cases import CaseStore
-from adapters.metrics import EVENTS_OUT
+from adapters.outbox import Outbox
 from spotcheck.case_model import CaseEvent, CaseInput, CaseState, InputKind
 from spotcheck.clock import Clock, clock_for
 from spotcheck.errors import InvalidInput
@@ -121,8 +120,7 @@ async def _conflict(request: web.Request, case: dict[str, Any], why: str) -> web
 async def _publish(request: web.Request, given: CaseInput) -> web.Response:
     api = request.app[API]
     topic = CASE_INPUTS.full_name(api.settings)
-    await kafka.publish(api.producer, topic, [(given.enterprise_id, given.to_json())])
-    EVENTS_OUT.labels(topic).inc()
+    await Outbox(api.store).send([(topic, given.enterprise_id, given.to_json())])
     assert given.case_id is not None
     return web.json_response(
         Accepted(case_id=given.case_id, input_id=given.input_id).model_dump(), status=202

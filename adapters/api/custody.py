@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from adapters import kafka
 from adapters.api import openapi, schemas
 from adapters.api.app import (
     API,
@@ -22,7 +21,7 @@ from adapters.api.app import (
     read_json,
 )
 from adapters.custody import CustodyStore
-from adapters.metrics import EVENTS_OUT
+from adapters.outbox import Outbox
 from spotcheck.custody import (
     CustodyStep,
     NotPermitted,
@@ -155,9 +154,7 @@ async def _record(request: web.Request, task_id: str) -> web.Response:
     except NotPermitted as exc:
         raise Forbidden(str(exc)) from None
     if taken:
-        topic = CUSTODY.full_name(api.settings)
-        await kafka.publish(api.producer, topic, [(task_id, step.to_json())])
-        EVENTS_OUT.labels(topic).inc()
+        await Outbox(api.store).send([(CUSTODY.full_name(api.settings), task_id, step.to_json())])
     answer = {"step": step.to_dict(), "state": custody.state.value, "duplicate": not taken}
     return web.json_response(answer, status=202)
 

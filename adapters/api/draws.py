@@ -133,7 +133,7 @@ async def _campaign_rounds(app: web.Application) -> AsyncIterator[None]:
 
 def register(app: web.Application) -> None:
     api = app[API]
-    app[SCHEDULER] = Scheduler(api.settings, api.store, api.producer, api.now)
+    app[SCHEDULER] = Scheduler(api.settings, api.store, api.now)
     app.cleanup_ctx.append(_campaign_rounds)
     r = app.router
     r.add_post("/api/v1/draws", run_draw, name="draws:run")

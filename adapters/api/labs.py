@@ -11,7 +11,7 @@ from adapters.api import openapi, schemas
 from adapters.api.app import API, LAB_ROUTES, Principal, error, principal_of, read_json
 from adapters.labs import LabStore
 from producers.gateway import LabGateway
-from spotcheck.errors import Forbidden, InvalidInput
+from spotcheck.errors import Forbidden, InvalidInput, NotFound
 from spotcheck.labs import Lab, unknown_scope_items
 from spotcheck.specs import load_catalog
 
@@ -130,6 +130,16 @@ async def submit_results(request: web.Request) -> web.Response:
     )
 
 
+async def stored_result(request: web.Request) -> web.Response:
+    """What was stored of a result, by its id: a lab sees only its own (another's is not found)."""
+    result_id = request.match_info["result_id"]
+    found = await request.app[LABS].result(result_id)
+    who = principal_of(request)
+    if who.kind == "lab" and found["lab_id"] != who.lab_id:
+        raise NotFound(f"no result {result_id} is stored")
+    return web.json_response(found)
+
+
 async def lab_stats(request: web.Request) -> web.Response:
     lab_id = _own_lab(request)
     days = request.query.get("days", "30")
@@ -143,7 +153,7 @@ def register(app: web.Application) -> None:
     api = app[API]
     labs = api.labs or LabStore(api.store, api.settings.lab_key_cache_seconds)
     app[LABS] = labs
-    app[GATEWAY] = LabGateway(api.settings, labs, api.producer, api.now)
+    app[GATEWAY] = LabGateway(api.settings, api.store, labs, api.now)
     r = app.router
     r.add_post("/api/v1/labs", add_lab, name="labs:create")
     r.add_get("/api/v1/labs", list_labs, name="labs:list")
@@ -155,8 +165,9 @@ def register(app: web.Application) -> None:
     r.add_post("/api/v1/labs/{lab_id}/keys/{prefix}/revoke", revoke_key, name="labs:keys_revoke")
     r.add_post("/api/v1/labs/{lab_id}/keys/{prefix}/rotate", rotate_key, name="labs:keys_rotate")
     r.add_post("/api/v1/lab-results", submit_results, name="lab_results:submit")
+    r.add_get("/api/v1/lab-results/{result_id}", stored_result, name="lab_results:get")
     r.add_get("/api/v1/labs/{lab_id}/stats", lab_stats, name="labs:stats")
-    LAB_ROUTES.update({"lab_results:submit", "labs:get", "labs:stats"})
+    LAB_ROUTES.update({"lab_results:submit", "lab_results:get", "labs:get", "labs:stats"})
 
 
 openapi.DOCS.update(
@@ -180,6 +191,12 @@ openapi.DOCS.update(
             schemas.ResultBatch,
             schemas.IngestAnswer,
             202,
+            labs=True,
+        ),
+        "lab_results:get": openapi.RouteDoc(
+            "What the platform stored of a result (received, accepted, pending or rejected); 404 if "
+            "nothing: a result sent to the broker directly may still be on its way, or was refused",
+            response=schemas.ResultRecord,
             labs=True,
         ),
         "labs:stats": openapi.RouteDoc(

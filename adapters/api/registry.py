@@ -10,10 +10,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field, RootModel
 
-from adapters import kafka
 from adapters.api import openapi
 from adapters.api.app import API, _int_param, _time_param, error, read_json
-from adapters.metrics import DEAD_LETTERS, EVENTS_OUT
+from adapters.metrics import DEAD_LETTERS
+from adapters.outbox import Outbox
 from adapters.registry import Publish, RegistryStore, publisher
 from spotcheck.errors import InvalidInput
 from spotcheck.events import DeadLetter
@@ -31,7 +31,6 @@ from spotcheck.registry import (
 )
 from spotcheck.specs import load_catalog
 from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
-from spotcheck.topics import REGISTRY
 
 CHANGED_BY = "X-Spotcheck-Changed-By"  # optional: what the admin is doing (e.g. the imported file)
 
@@ -153,7 +152,7 @@ async def upsert_records(request: web.Request) -> web.Response:
             letters.append((letter.key, letter.to_json()))
     if letters:
         topic = DEAD_LETTERS_TOPIC.full_name(api.settings)
-        await kafka.publish(api.producer, topic, letters)
+        await Outbox(api.store).send([(topic, key, value) for key, value in letters])
         DEAD_LETTERS.labels(source).inc(len(letters))
     registry = request.app[REGISTRY_KEY]
     done = await registry.store.upsert(
@@ -261,14 +260,7 @@ async def as_of(request: web.Request) -> web.Response:
 def register(app: web.Application) -> None:
     """Adds this module's routes to `app`."""
     api = app[API]
-    publish = publisher(api.producer, api.settings)
-    topic = REGISTRY.full_name(api.settings)
-
-    async def publish_counted(changes: list[RegistryChange]) -> None:
-        await publish(changes)
-        EVENTS_OUT.labels(topic).inc(len(changes))
-
-    app[REGISTRY_KEY] = Registry(RegistryStore(api.store), publish_counted)
+    app[REGISTRY_KEY] = Registry(RegistryStore(api.store), publisher(api.settings))
     r = app.router
     r.add_post("/api/v1/registry/{kind}", upsert_records, name="registry:upsert")
     r.add_delete("/api/v1/registry/{kind}/{record_id}", remove_record, name="registry:remove")

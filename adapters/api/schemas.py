@@ -12,7 +12,19 @@ from spotcheck.labs import Lab
 
 
 class StoredResult(LabResult):
-    state: Literal["accepted", "pending", "rejected"]
+    state: Literal["received", "accepted", "pending", "rejected"] = Field(
+        description="received: stored, not yet taken by the verdict processor; accepted: part of the "
+        "sample; pending: waiting for its task; rejected: refused (see the dead letters)"
+    )
+
+
+class ResultRecord(BaseModel):
+    result_id: str
+    task_id: str
+    lab_id: str
+    state: Literal["received", "accepted", "pending", "rejected"]
+    received_at: str
+    result: LabResult = Field(description="the result as stored")
 
 
 class TaskView(BaseModel):

@@ -39,7 +39,7 @@ def up(
 
 
 def run(
-    roles: Annotated[list[str], typer.Argument(help="api, verdicts, sink, push, custody or streams")],
+    roles: Annotated[list[str], typer.Argument(help="api, relay, verdicts, sink, push, custody or streams")],
 ) -> None:
     """Run one or more workers against a configured broker and database (for deployments)."""
     from adapters.runtime import ROLES, run_roles, run_streams

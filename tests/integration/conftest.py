@@ -105,8 +105,8 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def platform(settings: Settings, store: Store) -> AsyncIterator[dict[str, Any]]:
-    async with workers(settings, ("api", "verdicts", "sink", "push", "custody"), TOKEN) as started:
-        for name in ("verdicts", "sink", "push", "custody"):
+    async with workers(settings, ("api", "relay", "verdicts", "sink", "push", "custody"), TOKEN) as started:
+        for name in ("relay", "verdicts", "sink", "push", "custody"):
             await asyncio.wait_for(started[name].ready.wait(), 30)  # type: ignore[attr-defined]
         yield started
 

@@ -148,7 +148,7 @@ async def small_directory(store: Store, producer: AIOKafkaProducer, settings: Se
         for n in range(1, 6)
     ]
     registry = RegistryStore(store)
-    publish = publisher(producer, settings)
+    publish = publisher(settings)
     now = datetime.now(UTC)
     await registry.upsert("enterprise", enterprises, "test", now, publish)
     await registry.upsert("inspector", inspectors, "test", now, publish)

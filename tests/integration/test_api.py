@@ -40,6 +40,7 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
             assert body["checks"] == {
                 "broker": "up",
                 "database": "up",
+                "relay": "up",
                 "verdicts": "up",
                 "store-sink": "up",
                 "center-push": "up",

@@ -153,7 +153,7 @@ async def directory(store: Store, producer: AIOKafkaProducer, settings: Settings
         for n in range(1, 7)
     ]
     registry = RegistryStore(store)
-    publish = publisher(producer, settings)
+    publish = publisher(settings)
     await registry.upsert("enterprise", enterprises, "test", datetime.now(UTC), publish)
     await registry.upsert("inspector", inspectors, "test", datetime.now(UTC), publish)
 

@@ -63,7 +63,7 @@ async def cli(settings: Settings, *args: str) -> Any:
 async def test_a_draw_creates_published_tasks_and_verifies_from_its_inputs(
     settings: Settings, store: Store, http: aiohttp.ClientSession, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
-    counts = await load_demo_registry(store, producer, settings)
+    counts = await load_demo_registry(store, settings)
     assert counts["enterprises"] > 1000
 
     status, record = await post(http, "/api/v1/draws", {"plan": plan(), "seed": SEED})

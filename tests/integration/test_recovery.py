@@ -44,7 +44,7 @@ async def _ready(started: dict[str, object]) -> None:
 async def test_a_restarted_processor_rebuilds_samples_from_the_store(
     settings: Settings, store: Store, lab: AIOKafkaProducer
 ) -> None:
-    async with workers(settings, ("api", "verdicts", "sink"), TOKEN) as started:
+    async with workers(settings, ("api", "relay", "verdicts", "sink"), TOKEN) as started:
         await _ready(started)
         async with await _client(settings) as http:
             task = await create_task(http)
@@ -53,7 +53,7 @@ async def test_a_restarted_processor_rebuilds_samples_from_the_store(
             await eventually(lambda: _stored_results(store, task["task_id"], 2))
     # the processor is gone; the rest of the sample arrives while nothing runs
     await send(lab, settings, result(task, "benzene", "0.62"))
-    async with workers(settings, ("api", "verdicts", "sink"), TOKEN) as started:
+    async with workers(settings, ("api", "relay", "verdicts", "sink"), TOKEN) as started:
         await _ready(started)
         async with await _client(settings) as http:
             first = await eventually(lambda: verdict_of(http, task["task_id"]))
@@ -75,7 +75,7 @@ async def test_results_for_a_task_that_never_comes_are_dead_lettered(
     settings: Settings, store: Store, lab: AIOKafkaProducer
 ) -> None:
     quick = settings.model_copy(update={"result_grace_seconds": 1.0})
-    async with workers(quick, ("api", "verdicts", "sink"), TOKEN) as started:
+    async with workers(quick, ("api", "relay", "verdicts", "sink"), TOKEN) as started:
         await _ready(started)
         async with await _client(quick) as http:
             ghost = {"task_id": "T-2026-777777", "sample_id": "T-2026-777777-A", "lab_id": "LAB-1"}

@@ -297,8 +297,8 @@ async def test_the_demo_directory_loads_once(
     producer = kafka.producer(settings)
     await producer.start()
     try:
-        counts = await load_demo_registry(store, producer, settings)
-        again = await load_demo_registry(store, producer, settings)
+        counts = await load_demo_registry(store, settings)
+        again = await load_demo_registry(store, settings)
     finally:
         await producer.stop()
     assert counts == again == {"products": 8, "enterprises": 3004, "inspectors": 100}

@@ -25,19 +25,19 @@ async def test_a_batch_written_twice_is_stored_once(store: Store) -> None:
     assert str(samples[task.task_id].results[1].value) == "8.30"
 
 
-async def test_a_failure_before_commit_rolls_the_batch_back(store: Store) -> None:
-    async def broker_refuses() -> None:
-        raise SpotcheckError("broker down")
-
-    with pytest.raises(SpotcheckError, match="broker down"):
+async def test_a_batch_and_its_messages_commit_together_or_not_at_all(store: Store) -> None:
+    unstorable = ("t.verdicts", "T-2026-000042", None)  # the outbox refuses a message without a value
+    with pytest.raises(SpotcheckError):
         await store.write_batch(
             tasks=[make_task()],
             accepted=[make_result("R1", "ron", "92.4")],
             pending=[],
             verdicts=[],
-            before_commit=broker_refuses(),
+            messages=[("t.verdicts", "T-2026-000042", b"{}"), unstorable],  # type: ignore[list-item]
         )
     assert await store.task_view("T-2026-000042") is None
+    async with store.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
 
 
 async def test_pending_results_are_accepted_or_expired_once(store: Store) -> None:
@@ -55,12 +55,15 @@ async def test_pending_results_are_accepted_or_expired_once(store: Store) -> Non
 
     rejected: list[LabResult] = []
 
-    async def reject(results: list[LabResult]) -> None:
+    def reject(results: list[LabResult]) -> list[tuple[str, str, bytes]]:
         rejected.extend(results)
+        return [("t.dead-letters", r.task_id, r.to_json()) for r in results]
 
     later = datetime.now(UTC) + timedelta(seconds=5)
     assert await store.expire_pending(later, reject) == 1
     assert await store.expire_pending(later, reject) == 0
     assert [r.result_id for r in rejected] == ["R9"]
+    async with store.transaction() as conn:  # its dead letter left with it, through the outbox
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE topic = 't.dead-letters'") == 1
     samples, pending = await store.load_samples(["T-2026-000042", "T-2026-000099"])
     assert [r.result_id for r in samples["T-2026-000042"].results] == ["R1"] and pending == {}

@@ -75,6 +75,7 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
         assert body["checks"] == {
             "broker": "up",
             "database": "up",
+            "relay": "up",
             "verdicts": "up",
             "store-sink": "up",
             "center-push": "up",
@@ -111,7 +112,8 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
     assert "spotcheck stopped (SIGTERM); nothing left running" in log.read_text()
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left running: {[p.info for p in alive]}"
-    assert all(port_is_free("127.0.0.1", p) for p in ports.values())
+    taken = [name for name, p in ports.items() if not port_is_free("127.0.0.1", p)]
+    assert not taken, f"ports still taken: {taken}"
 
 
 def test_sigterm_in_the_middle_of_starting_leaves_nothing_running(tmp_path: Path) -> None:

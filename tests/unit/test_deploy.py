@@ -28,6 +28,7 @@ ALLOWED_INVOCATIONS = {
     ("db", "migrate"),
     ("topics", "create"),
     ("run", "api"),
+    ("run", "relay"),
     ("run", "verdicts"),
     ("run", "sink"),
     ("run", "push"),
