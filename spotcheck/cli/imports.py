@@ -22,7 +22,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from spotcheck.cli.client import ApiOpt, TokenOpt, Unreachable, admin_token, base_url, error_text, request
 from spotcheck.events import Ident
-from spotcheck.lims import ExportError, ExportReader, MappingError, Row, export_format, load_mapping
+from spotcheck.lims import (
+    ExportError,
+    ExportReader,
+    MappingError,
+    Row,
+    export_format,
+    load_mapping,
+    row_fault,
+)
 from spotcheck.settings import Settings
 
 console = Console(stderr=True)
@@ -175,10 +183,7 @@ class FileReport:
         )
 
     def error_lines(self) -> list[str]:
-        lines = [
-            f"{self.label}:{line}: {reason}" + (f" ({fld})" if fld else "")
-            for line, reason, fld in self.problems
-        ]
+        lines = [row_fault(self.label, line, reason, fld) for line, reason, fld in self.problems]
         return [self.file_error] if self.file_error is not None else lines
 
 
