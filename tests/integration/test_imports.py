@@ -190,7 +190,8 @@ async def test_watch_once_moves_files_to_done_and_failed(
     bad.write_text("\n".join(rows) + "\n")
     (inbox / "notes.txt").write_text("not an export")
 
-    done = await run(settings, "watch", str(inbox), "--lab", lab1, "--mapping", MAPPING, "--once")
+    watch = ("watch", str(inbox), "--lab", lab1, "--mapping", MAPPING, "--once", "--settle", "0.4")
+    done = await run(settings, *watch)
     assert done.exit_code == 2, done.output
     assert sorted(p.name for p in inbox.iterdir()) == ["done", "failed", "notes.txt"]
     assert [p.name for p in (inbox / "done").iterdir()] == ["good.csv"]
@@ -205,7 +206,7 @@ async def test_watch_once_moves_files_to_done_and_failed(
 
     # the LIMS drops the same file again: all duplicates, and it does not overwrite the first
     example("results.csv", first, inbox / "good.csv")
-    again = await run(settings, "watch", str(inbox), "--lab", lab1, "--mapping", MAPPING, "--once")
+    again = await run(settings, *watch)
     assert again.exit_code == 0, again.output
     assert "good.csv: 3 rows: 0 accepted, 3 duplicates, 0 rejected" in again.stderr
     assert sorted(p.name for p in (inbox / "done").iterdir()) == ["good.1.csv", "good.csv"]
@@ -243,7 +244,7 @@ async def test_an_unreachable_api_exits_1_and_leaves_the_inbox_alone(tmp_path: P
     assert done.exit_code == 1, done.output
     assert f"cannot reach the API at http://127.0.0.1:{nobody.http_port}" in done.stderr
 
-    watched = await run(nobody, "watch", str(export.parent), "--lab", "LAB-1", "--once")
+    watched = await run(nobody, "watch", str(export.parent), "--lab", "LAB-1", "--once", "--settle", "0.2")
     assert watched.exit_code == 1, watched.output
     assert "stays in the inbox" in watched.stderr
     assert [p.name for p in export.parent.iterdir()] == ["results.csv"]
