@@ -160,8 +160,12 @@ class Client:
         if not isinstance(answer, dict) or not isinstance(answer.get("outcomes"), list):
             raise ApiError(f"unexpected answer from the API: {str(answer)[:200]}", UNREACHABLE)
         by_where = {o.get("where"): o for o in answer["outcomes"] if isinstance(o, dict)}
-        missing = {"status": "invalid", "reason": "the platform gave no outcome for this row"}
-        return [by_where.get(i, missing) for i in range(len(batch))]
+        if any(i not in by_where for i in range(len(batch))):  # taken in part: send it all again
+            answered = sum(1 for i in range(len(batch)) if i in by_where)
+            raise ApiError(
+                f"the API answered for {answered} of {len(batch)} results", UNREACHABLE, retriable=True
+            )
+        return [by_where[i] for i in range(len(batch))]
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.embedded import free_port
 from spotcheck.cli import imports
@@ -166,7 +167,7 @@ def client(settings: Settings, cls: type[imports.Client] = imports.Client) -> im
     return cls(f"http://{settings.http_host}:{settings.http_port}", TOKEN, LAB, batch_size=1)
 
 
-def take(settings: Settings, inbox: Path, name: str, using: imports.Client) -> imports.Taken:
+def take(inbox: Path, name: str, using: imports.Client) -> imports.Taken:
     """Take the file as `watch` does once it is settled (in a thread: it blocks on the API)."""
     path = inbox / name
     reader = imports._setup(LAB, Path(MAPPING))
@@ -207,13 +208,13 @@ async def test_a_file_that_changes_while_imported_stays_for_the_next_look(
     assert isinstance(meanwhile, WriterMeanwhile)
     meanwhile.append_to, meanwhile.row = export, rows[2]
 
-    assert await asyncio.to_thread(take, settings, inbox, "results.csv", meanwhile) == "left"
+    assert await asyncio.to_thread(take, inbox, "results.csv", meanwhile) == "left"
     assert "results.csv changed while it was imported: it stays" in capsys.readouterr().err
     assert files_in(inbox) == ["results.csv"]  # not in done/: the third row was never sent
     assert export.read_text(encoding="utf-8") == whole
 
     await eventually(results_stored(http, task["task_id"], 2))
-    assert await asyncio.to_thread(take, settings, inbox, "results.csv", client(settings)) == "done"
+    assert await asyncio.to_thread(take, inbox, "results.csv", client(settings)) == "done"
     assert "results.csv: 3 rows: 1 accepted, 2 duplicates, 0 rejected" in capsys.readouterr().err
     assert files_in(inbox) == ["done/results.csv"]
     await eventually(lambda: complete(http, task["task_id"], 3))
@@ -243,13 +244,41 @@ async def test_a_file_the_api_takes_in_part_stays_where_it_is(
     (inbox / "results.csv").write_text(whole, encoding="utf-8")
 
     with pytest.raises(imports.ApiError, match="cannot reach the API") as lost:
-        await asyncio.to_thread(take, settings, inbox, "results.csv", client(settings, LosesTheConnection))
+        await asyncio.to_thread(take, inbox, "results.csv", client(settings, LosesTheConnection))
     assert lost.value.retriable  # watch leaves it for the next look
     assert files_in(inbox) == ["results.csv"]
     assert (inbox / "results.csv").read_text(encoding="utf-8") == whole
 
     await eventually(results_stored(http, task["task_id"], 1))
     capsys.readouterr()
-    assert await asyncio.to_thread(take, settings, inbox, "results.csv", client(settings)) == "done"
+    assert await asyncio.to_thread(take, inbox, "results.csv", client(settings)) == "done"
     assert "results.csv: 3 rows: 2 accepted, 1 duplicates, 0 rejected" in capsys.readouterr().err
     assert files_in(inbox) == ["done/results.csv"]
+
+
+async def test_a_file_answered_only_in_part_stays_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(imports, "RETRY_DELAYS", (0.05,))
+
+    async def first_only(request: web.Request) -> web.Response:  # an API that lost the others
+        return web.json_response({"outcomes": [{"where": 0, "status": "accepted"}]}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/lab-results", first_only)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        whole = example("results.csv", {"task_id": "T-2026-000009"}, inbox / "results.csv").read_text()
+        partial = imports.Client(f"http://127.0.0.1:{port}", TOKEN, LAB)
+        with pytest.raises(imports.ApiError, match="answered for 1 of 3 results") as answered:
+            await asyncio.to_thread(take, inbox, "results.csv", partial)
+        assert answered.value.retriable  # watch leaves it for the next look
+        assert files_in(inbox) == ["results.csv"]
+        assert (inbox / "results.csv").read_text() == whole
+    finally:
+        await runner.cleanup()
