@@ -18,6 +18,7 @@ from adapters.store import Store
 from spotcheck.errors import NotFound
 from spotcheck.events import DeadLetter, LabResult, describe_validation_error
 from spotcheck.labs import Lab, result_refusal
+from spotcheck.lims import import_refusal
 from spotcheck.settings import Settings
 from spotcheck.specs import load_catalog
 from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
@@ -71,12 +72,16 @@ class LabGateway:
             except ValidationError as exc:
                 first = exc.errors(include_url=False)[0]
                 field = ".".join(str(p) for p in first.get("loc", ())) or None
+                reason = describe_validation_error(exc)
+                refused = import_refusal(raw)  # a row refused by a file import: its own fault
+                if refused is not None:
+                    reason, field = refused
                 parsed.append(
                     (
                         where,
                         raw,
                         None,
-                        Outcome(where, _id_of(raw), "invalid", describe_validation_error(exc), field),
+                        Outcome(where, _id_of(raw), "invalid", reason, field),
                     )
                 )
                 continue

@@ -44,8 +44,10 @@ REQUIRED = ("task_id", "sample_id", "item", "value", "measured_at")
 DEFAULT_TIME_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d")
 
 IMPORT_ERROR = "import_error"
-"""The key that marks a row refused here: LabResult forbids unknown fields, so the platform
-refuses such a row too and keeps it as a dead letter (with this reason in its payload)."""
+"""The key that marks a row refused here, with its fault: {"file", "line", "field", "reason"}.
+LabResult forbids unknown fields, so the platform refuses such a row too and keeps it as a dead
+letter whose reason is that fault (`import_refusal`)."""
+MAX_REASON = 1000  # characters of a refused row's reason that the platform keeps
 
 CONVERSIONS: tuple[tuple[str, str, int], ...] = (
     ("% m/m", "mg/kg", 4),
@@ -169,6 +171,28 @@ def load_mapping(path: str | Path) -> ExportMapping:
 def export_format(name: str) -> Format | None:
     """The format of an export by its file name, or None if it is not one."""
     return SUFFIXES.get(Path(name).suffix.lower())
+
+
+def row_fault(file: str, line: int | str, reason: str, field: str | None = None) -> str:
+    """A refused row's fault in one line: `FILE:LINE: reason (field)`."""
+    return f"{file}:{line}: {reason}" + (f" ({field})" if field else "")
+
+
+def import_refusal(raw: Any) -> tuple[str, str | None] | None:
+    """The fault of a row the file import refused, from its `import_error` mark: (the row's fault
+    as `row_fault` writes it, the field); None when `raw` carries no usable mark."""
+    mark = raw.get(IMPORT_ERROR) if isinstance(raw, dict) else None
+    if isinstance(mark, str) and mark.strip():  # clients that sent the fault as text
+        return mark.strip()[:MAX_REASON], None
+    if not isinstance(mark, dict):
+        return None
+    reason, file, line, field = (mark.get(k) for k in ("reason", "file", "line", "field"))
+    if not isinstance(reason, str) or not reason.strip():
+        return None
+    field = field if isinstance(field, str) and field else None
+    where = str(file) if isinstance(file, str) and file else "?"
+    at = line if isinstance(line, int) and not isinstance(line, bool) else "?"
+    return row_fault(where, at, reason.strip(), field)[:MAX_REASON], field
 
 
 _SCALES: dict[tuple[str, str], int] = {}
@@ -315,7 +339,8 @@ class ExportReader:
                         "result_id",
                     )
             except _RowError as exc:
-                rows.append(Row(line, self._marked(cells, name, line, exc.message), exc.message, exc.field))
+                marked = self._marked(cells, name, line, exc.message, exc.field)
+                rows.append(Row(line, marked, exc.message, exc.field))
             else:
                 rows.append(Row(line, body))
         return rows
@@ -486,9 +511,10 @@ class ExportReader:
             )
         return converted, target
 
-    def _marked(self, cells: Cells, name: str, line: int, message: str) -> dict[str, Any]:
+    def _marked(self, cells: Cells, name: str, line: int, message: str, field: str | None) -> dict[str, Any]:
         """A refused row as sent: the fields as found, the lab, and why it was refused here."""
-        return {IMPORT_ERROR: f"{name}:{line}: {message}", "lab_id": self.lab_id, **cells}
+        fault = {"file": name, "line": line, "field": field, "reason": message}
+        return {IMPORT_ERROR: fault, "lab_id": self.lab_id, **cells}
 
 
 def _nearest(word: str, known: Any) -> str:

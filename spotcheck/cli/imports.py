@@ -1,7 +1,11 @@
-"""`spotcheck import results` and `spotcheck watch`: LIMS export files sent to the platform's ingest API."""
+"""`spotcheck import results` and `spotcheck watch`: LIMS export files sent to the platform's ingest API.
+
+Longer than most modules because both commands share the client, the per-file reports and the
+moves to done/ and failed/; `watch` adds when a file counts as complete (`Settling`, `Snapshot`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -12,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import TypeAdapter, ValidationError
@@ -22,7 +26,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from spotcheck.cli.client import ApiOpt, TokenOpt, Unreachable, admin_token, base_url, error_text, request
 from spotcheck.events import Ident
-from spotcheck.lims import ExportError, ExportReader, MappingError, Row, export_format, load_mapping
+from spotcheck.lims import (
+    ExportError,
+    ExportReader,
+    MappingError,
+    Row,
+    export_format,
+    load_mapping,
+    row_fault,
+)
 from spotcheck.settings import Settings
 
 console = Console(stderr=True)
@@ -31,7 +43,12 @@ OK, UNREACHABLE, REJECTED = 0, 1, 2
 MAX_BATCH = 500  # the platform's default ingest_max_batch; a smaller server limit is found on a 413
 ON_BEHALF = "X-Spotcheck-Lab"
 RETRY_DELAYS = (0.5, 2.0)  # a POST is safe to repeat: results are idempotent by result_id
-SETTLE_SECONDS = 1.0  # `watch --once`: a file must keep its size and time this long to be taken
+SETTLE_SECONDS = 5.0  # `watch --settle`: a file must keep its size and time this long to be taken
+SETTLE_LOOKS = 3  # looks, spread over the settle time, that must find a file unchanged (at least 2)
+TEMPORARY = frozenset({"tmp", "temp", "part", "partial", "filepart", "crdownload", "download", "swp"})
+"""Name parts of files still being written (x.csv.tmp, x.part.csv, …): watch never takes them."""
+
+Stat = tuple[int, int]  # a file's size and modification time (ns)
 
 import_app = typer.Typer(
     help="Import lab results from LIMS export files (CSV, JSON lines).", no_args_is_help=True
@@ -143,8 +160,12 @@ class Client:
         if not isinstance(answer, dict) or not isinstance(answer.get("outcomes"), list):
             raise ApiError(f"unexpected answer from the API: {str(answer)[:200]}", UNREACHABLE)
         by_where = {o.get("where"): o for o in answer["outcomes"] if isinstance(o, dict)}
-        missing = {"status": "invalid", "reason": "the platform gave no outcome for this row"}
-        return [by_where.get(i, missing) for i in range(len(batch))]
+        if any(i not in by_where for i in range(len(batch))):  # taken in part: send it all again
+            answered = sum(1 for i in range(len(batch)) if i in by_where)
+            raise ApiError(
+                f"the API answered for {answered} of {len(batch)} results", UNREACHABLE, retriable=True
+            )
+        return [by_where[i] for i in range(len(batch))]
 
 
 @dataclass
@@ -175,10 +196,7 @@ class FileReport:
         )
 
     def error_lines(self) -> list[str]:
-        lines = [
-            f"{self.label}:{line}: {reason}" + (f" ({fld})" if fld else "")
-            for line, reason, fld in self.problems
-        ]
+        lines = [row_fault(self.label, line, reason, fld) for line, reason, fld in self.problems]
         return [self.file_error] if self.file_error is not None else lines
 
 
@@ -190,10 +208,11 @@ class _Parsed:
     sent: bool = False
 
 
-def _parse(path: Path, label: str, reader: ExportReader) -> _Parsed:
+def _parse(path: Path, label: str, reader: ExportReader, data: bytes | None = None) -> _Parsed:
+    """The rows of the file at `path` (its bytes: `data`, else read now)."""
     parsed = _Parsed(path, FileReport(label))
     try:
-        parsed.rows = reader.read(path.read_bytes(), path.name)
+        parsed.rows = reader.read(path.read_bytes() if data is None else data, path.name)
     except OSError as exc:
         parsed.report.file_error = f"{label}: cannot read: {exc.strerror}"
     except ExportError as exc:
@@ -331,11 +350,20 @@ def import_results(
     raise typer.Exit(OK if all(r.ok for r in reports) else REJECTED)
 
 
-def _look(folder: Path) -> dict[Path, tuple[int, int]]:
+def temporary(name: str) -> bool:
+    """Whether a file name looks like one still being written or not meant to be taken: dot-files,
+    editors' backups and locks (`x.csv~`, `~$x.csv`, `#x.csv#`), and names with a part such as
+    `.tmp` or `.part` (`x.csv.tmp`, `x.part.csv`)."""
+    if name.startswith((".", "~", "#")) or name.endswith(("~", "#")):
+        return True
+    return any(part.casefold() in TEMPORARY for part in name.split(".")[1:])
+
+
+def _look(folder: Path) -> dict[Path, Stat]:
     """The export files directly in `folder`, with their size and modification time."""
-    found: dict[Path, tuple[int, int]] = {}
+    found: dict[Path, Stat] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith((".", "~")) or export_format(path.name) is None:
+        if temporary(path.name) or export_format(path.name) is None:
             continue
         try:
             stat = path.stat()
@@ -344,6 +372,69 @@ def _look(folder: Path) -> dict[Path, tuple[int, int]]:
         if path.is_file():
             found[path] = (stat.st_size, stat.st_mtime_ns)
     return found
+
+
+@dataclass
+class _Watched:
+    stat: Stat
+    since: float  # when it was first seen with this size and time
+    looks: int = 1
+
+
+class Settling:
+    """Which files of the inbox are complete: found with the same size and modification time on
+    SETTLE_LOOKS looks over at least `settle` seconds. Empty files are not taken (their writer has
+    not begun). Pure: the looks and the clock are handed in."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self.files: dict[Path, _Watched] = {}
+
+    def look(self, found: dict[Path, Stat], now: float) -> list[tuple[Path, Stat]]:
+        """Take in one look at the inbox (`now` on a monotonic clock); the files complete now."""
+        ready: list[tuple[Path, Stat]] = []
+        for path in self.files.keys() - found.keys():
+            del self.files[path]
+        for path, stat in found.items():
+            seen = self.files.get(path)
+            if stat[0] == 0:
+                self.files.pop(path, None)
+            elif seen is None or seen.stat != stat:
+                self.files[path] = _Watched(stat, now)
+            else:
+                seen.looks += 1
+                if seen.looks >= SETTLE_LOOKS and now - seen.since >= self.settle:
+                    ready.append((path, stat))
+        return ready
+
+    def forget(self, path: Path) -> None:
+        """After a file was taken: if it is still there at the next look, it settles again."""
+        self.files.pop(path, None)
+
+    def pause(self, interval: float) -> float:
+        """Seconds to the next look: `interval`, shorter while a file settles so that its looks
+        spread over the settle time."""
+        return min(interval, self.settle / (SETTLE_LOOKS - 1)) if self.files else interval
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A file as read: its size, modification time and the SHA-256 of its bytes."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[bytes, Snapshot | None]:
+        """The file's bytes and their snapshot; None if it changed while being read."""
+        before = path.stat()
+        data = path.read_bytes()
+        after = path.stat()
+        unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+        if not unchanged or len(data) != after.st_size:
+            return data, None
+        return data, cls(len(data), after.st_mtime_ns, hashlib.sha256(data).hexdigest())
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -371,6 +462,38 @@ def _file_done(folder: Path, path: Path, report: FileReport) -> bool:
     return False
 
 
+Taken = Literal["done", "failed", "left"]
+
+
+def _take(folder: Path, path: Path, settled: Stat, reader: ExportReader, client: Client) -> Taken:
+    """Import one complete file and move it to done/ or failed/; "left" when it is not complete
+    after all (it changed since the last look, or while its rows were sent) and stays for the next
+    look. Raises ApiError when the API took it in part or not at all: it stays too."""
+    try:
+        data, snapshot = Snapshot.read(path)
+    except FileNotFoundError:
+        return "left"  # moved away meanwhile
+    except OSError:  # unreadable: failed/, with the reason
+        _file_done(folder, path, _parse(path, path.name, reader).report)
+        return "failed"
+    if snapshot is None or (snapshot.size, snapshot.mtime_ns) != settled:
+        return "left"  # still being written: it settles again
+    report = _send(client, [_parse(path, path.name, reader, data)])[0]
+    try:
+        _, after = Snapshot.read(path)
+    except OSError:
+        after = None
+    if after != snapshot:
+        _print(report)
+        typer.echo(
+            f"{path.name} changed while it was imported: it stays for the next look "
+            "(the rows sent are answered as duplicates then)",
+            err=True,
+        )
+        return "left"
+    return "done" if _file_done(folder, path, report) else "failed"
+
+
 @contextmanager
 def _sigterm_stops() -> Iterator[None]:
     """SIGTERM stops the watch like Ctrl-C (main thread only: signals cannot be set elsewhere)."""
@@ -396,50 +519,62 @@ def watch(
     mapping: MappingOpt = None,
     key: KeyOpt = None,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between looks at the folder")] = 5.0,
-    once: Annotated[bool, typer.Option("--once", help="process the files there now, then exit")] = False,
+    settle: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help=f"seconds a file must keep its size and time, over {SETTLE_LOOKS} looks, to be taken",
+        ),
+    ] = SETTLE_SECONDS,
+    once: Annotated[
+        bool, typer.Option("--once", help="process the files there now (after --settle), then exit")
+    ] = False,
     batch_size: BatchOpt = MAX_BATCH,
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Import every .csv, .jsonl and .ndjson file dropped in FOLDER, once its size and time stop
-    changing; then move it to FOLDER/done/ (every row accepted or duplicate) or FOLDER/failed/
-    with FILE.reason.txt. A file the API could not take stays for the next look. Ctrl-C stops.
-    With --once, exit code 0 all done, 2 some file failed, 1 some file could not be sent."""
+    """Import every .csv, .jsonl and .ndjson file dropped in FOLDER once it is complete: its size
+    and time unchanged over --settle seconds (names of files being written, such as .x.csv or
+    x.csv.tmp, are never taken: write under such a name and rename into FOLDER when complete).
+    Then move it to FOLDER/done/ (every row accepted or duplicate) or FOLDER/failed/ with
+    FILE.reason.txt. A file that changed while it was imported, or that the API could not take
+    whole, stays for the next look. Ctrl-C or SIGTERM stops. With --once, exit code 0 all done
+    (files still being written stay for the next run), 2 some file failed, 1 some file could not
+    be sent."""
     reader = _setup(lab, mapping)
     client = _client(lab, key, api, token, batch_size)
     folder = folder.resolve()
     unsent = failed = False
-    seen: dict[Path, tuple[int, int]] = {}
+    settling = Settling(settle)
+    left: set[Path] = set()  # taken, but not complete after all
+    typer.echo(f"watching {folder} (a file is taken once unchanged for {settle:g} s)", err=True)
     try:
         with _sigterm_stops():
-            if once:
-                seen = _look(folder)
-                if seen:
-                    time.sleep(SETTLE_SECONDS)
+            start = time.monotonic()
             while True:
-                now = _look(folder)
-                ready = [path for path, stat in now.items() if seen.get(path) == stat]
-                seen = now
-                for path in ready:
-                    parsed = _parse(path, path.name, reader)
+                now = time.monotonic()
+                for path, stat in settling.look(_look(folder), now):
+                    settling.forget(path)
                     try:
-                        report = _send(client, [parsed])[0]
+                        taken = _take(folder, path, stat, reader, client)
                     except ApiError as exc:
                         console.print(f"[red]{escape(path.name)}: {escape(str(exc))}[/]", highlight=False)
                         if not exc.retriable:
                             raise typer.Exit(exc.exit_code) from None
                         console.print(f"{escape(path.name)} stays in the inbox for the next look")
                         unsent = True
-                        continue
-                    try:
-                        failed = not _file_done(folder, path, report) or failed
                     except OSError as exc:  # moved or removed by someone else meanwhile
                         console.print(f"[red]{escape(path.name)}: cannot move it: {escape(str(exc))}[/]")
                         failed = True
-                    seen.pop(path, None)
-                if once:
+                    else:
+                        failed = failed or taken == "failed"
+                        if taken == "left":
+                            left.add(path)
+                if once and (not settling.files or now - start >= settle):
+                    for path in sorted({*settling.files, *(p for p in left if p.exists())}):
+                        typer.echo(f"{path.name} is still being written: it stays for the next run", err=True)
                     break
-                time.sleep(interval)
+                time.sleep(settling.pause(interval))
     except KeyboardInterrupt:
         console.print("stopped; a file being sent stays in the inbox (sending it again is safe)")
     if not once:

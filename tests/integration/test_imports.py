@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,20 @@ async def test_bad_rows_are_reported_by_line_and_kept_as_dead_letters(
     assert f"{bad}:7: unknown task T-2020-999999 (task_id)" in lines  # refused by the platform
 
     letters = await eventually(lambda: _letters_about(http, "bad.csv", 4))
-    for line in (4, 5, 6):  # refused here: the payload says where and why
-        assert any(f"bad.csv:{line}: " in letter["payload"] for letter in letters)
-    assert any("unknown task T-2020-999999" in letter["reason"] for letter in letters)
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert reasons[0] == "bad.csv:4: 'abc' is not a decimal number (value)"  # the row's own fault
+    assert reasons[1].startswith("bad.csv:5: unknown item 'Sulphur'") and reasons[1].endswith("(item)")
+    assert reasons[2].startswith("bad.csv:6: benzene is reported in % v/v") and reasons[2].endswith("(unit)")
+    assert reasons[3] == "unknown task T-2020-999999"  # refused by the platform
+    kept = json.loads(next(letter["payload"] for letter in letters if "bad.csv:4" in letter["reason"]))
+    assert {k: kept[k] for k in ("task_id", "sample_id", "item", "value", "unit", "measured_at")} == {
+        "task_id": t,
+        "sample_id": s,
+        "item": "sulfur",
+        "value": "abc",
+        "unit": "mg/kg",
+        "measured_at": "2026-11-24 09:10",
+    }  # what was in the row, as found
 
     async def stored() -> bool:  # "duplicate" is answered for results the platform has stored
         return len((await view_of(http, t))["results"]) == 2
@@ -178,7 +190,8 @@ async def test_watch_once_moves_files_to_done_and_failed(
     bad.write_text("\n".join(rows) + "\n")
     (inbox / "notes.txt").write_text("not an export")
 
-    done = await run(settings, "watch", str(inbox), "--lab", lab1, "--mapping", MAPPING, "--once")
+    watch = ("watch", str(inbox), "--lab", lab1, "--mapping", MAPPING, "--once", "--settle", "0.4")
+    done = await run(settings, *watch)
     assert done.exit_code == 2, done.output
     assert sorted(p.name for p in inbox.iterdir()) == ["done", "failed", "notes.txt"]
     assert [p.name for p in (inbox / "done").iterdir()] == ["good.csv"]
@@ -193,7 +206,7 @@ async def test_watch_once_moves_files_to_done_and_failed(
 
     # the LIMS drops the same file again: all duplicates, and it does not overwrite the first
     example("results.csv", first, inbox / "good.csv")
-    again = await run(settings, "watch", str(inbox), "--lab", lab1, "--mapping", MAPPING, "--once")
+    again = await run(settings, *watch)
     assert again.exit_code == 0, again.output
     assert "good.csv: 3 rows: 0 accepted, 3 duplicates, 0 rejected" in again.stderr
     assert sorted(p.name for p in (inbox / "done").iterdir()) == ["good.1.csv", "good.csv"]
@@ -231,7 +244,7 @@ async def test_an_unreachable_api_exits_1_and_leaves_the_inbox_alone(tmp_path: P
     assert done.exit_code == 1, done.output
     assert f"cannot reach the API at http://127.0.0.1:{nobody.http_port}" in done.stderr
 
-    watched = await run(nobody, "watch", str(export.parent), "--lab", "LAB-1", "--once")
+    watched = await run(nobody, "watch", str(export.parent), "--lab", "LAB-1", "--once", "--settle", "0.2")
     assert watched.exit_code == 1, watched.output
     assert "stays in the inbox" in watched.stderr
     assert [p.name for p in export.parent.iterdir()] == ["results.csv"]

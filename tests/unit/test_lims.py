@@ -18,6 +18,7 @@ from spotcheck.cli import imports
 from spotcheck.events import LabResult
 from spotcheck.lims import (
     IMPORT_ERROR,
+    MAX_REASON,
     ExportError,
     ExportMapping,
     ExportReader,
@@ -25,6 +26,7 @@ from spotcheck.lims import (
     Row,
     convert,
     derive_result_id,
+    import_refusal,
     load_mapping,
     parse_mapping,
     parse_time,
@@ -381,11 +383,27 @@ def test_refused_rows_are_marked_so_the_platform_dead_letters_them() -> None:
     assert "unknown item 'Sulphur'" in (rows[1].error or "") and "[items]" in (rows[1].error or "")
     assert "String should match pattern" in (rows[4].error or "")  # the schema's own check
     for row in rows:
-        assert row.body[IMPORT_ERROR] == f"x.csv:{row.line}: {row.error}"
+        fault = {"file": "x.csv", "line": row.line, "field": row.field, "reason": row.error}
+        assert row.body[IMPORT_ERROR] == fault
+        assert import_refusal(row.body) == (f"x.csv:{row.line}: {row.error} ({row.field})", row.field)
         assert row.body["lab_id"] == "LAB-1"
         with pytest.raises(ValidationError):  # the platform refuses it whatever else it holds
             LabResult.model_validate(row.body)
     assert rows[3].body["value"] == "8.3" and rows[3].body["unit"] == "% v/v"  # as found, unconverted
+
+
+def test_the_fault_of_a_refused_row_is_read_back_whatever_the_mark() -> None:
+    (row,) = csv_rows(line(value="abc"))
+    assert import_refusal(row.body) == ("x.csv:2: 'abc' is not a decimal number (value)", "value")
+    (jsonl,) = read("[1, 2]\n", name="y.jsonl")
+    assert import_refusal(jsonl.body) == ("y.jsonl:1: not a JSON object", None)
+    assert import_refusal({IMPORT_ERROR: "x.csv:3: bad (value)"}) == ("x.csv:3: bad (value)", None)
+    assert import_refusal({IMPORT_ERROR: {"reason": "x" * 5000, "line": "4"}}) == (
+        ("?:?: " + "x" * 5000)[:MAX_REASON],
+        None,
+    )
+    for unmarked in ({"value": "abc"}, {IMPORT_ERROR: {"line": 2}}, {IMPORT_ERROR: ""}, [IMPORT_ERROR], None):
+        assert import_refusal(unmarked) is None
 
 
 def test_a_file_of_another_kind_is_refused() -> None:
