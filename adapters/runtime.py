@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -269,12 +270,13 @@ async def run_until(done: Callable[[], bool] = lambda: False) -> None:
 
 
 async def _await_heartbeat(
-    settings: Settings, component: str, proc: subprocess.Popen[bytes], timeout: float = 120.0
+    settings: Settings, component: str, proc: subprocess.Popen[bytes], since: datetime, timeout: float = 120.0
 ) -> None:
-    """Until `component` has written its heartbeat (it is running), or its process died."""
+    """Until `component` has written a heartbeat after `since` (it is running: an earlier run's
+    heartbeat does not count), or its process died."""
     deadline = time.monotonic() + timeout
     async with Store(_db_url(settings), max_size=1) as store:
-        while component not in await store.live_components(30):
+        while component not in await store.live_components(30, since=since):
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"{component} exited with code {proc.returncode}; "
@@ -307,6 +309,8 @@ async def _up(settings: Settings, demo: bool, console: Console, progress: Progre
     async with infrastructure(settings, progress) as effective:
         await prepare(effective, progress)
         token = admin_token(effective, console)
+        async with Store(_db_url(effective), max_size=1) as store:
+            since = await store.heartbeat_epoch(forget_earlier=settings.embedded_database)
         async with streams_process(effective) as streams, AsyncExitStack() as stack:
             roles = ("api", "verdicts", "sink", "push", "custody")
             with progress.step(
@@ -316,7 +320,7 @@ async def _up(settings: Settings, demo: bool, console: Console, progress: Progre
             ):
                 await stack.enter_async_context(workers(effective, roles, token, demo))
             with progress.step("stream processor (faust worker) joined"):
-                await _await_heartbeat(effective, "streams", streams)
+                await _await_heartbeat(effective, "streams", streams, since)
             console.print(
                 f"[bold green]spotcheck is up[/] in {time.monotonic() - progress.started:.1f}s: "
                 f"http://{effective.http_host}:{effective.http_port}/healthz — "
