@@ -53,6 +53,8 @@ def alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True
 
 
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
