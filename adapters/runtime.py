@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -23,6 +24,7 @@ from rich.console import Console
 
 from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres
+from adapters.processes import AlreadyRunning, Owned, UpLock, die_with_parent, port_is_free, stop_leftovers
 from adapters.store import Store
 from spotcheck.errors import SpotcheckError
 from spotcheck.settings import Settings
@@ -91,9 +93,11 @@ class Progress:
 
 @asynccontextmanager
 async def infrastructure(
-    settings: Settings, progress: Progress, *, durable: bool = True
+    settings: Settings, progress: Progress, owned: Owned, *, durable: bool = True
 ) -> AsyncIterator[Settings]:
-    """Embedded broker and database when none is configured; yields settings that point at them."""
+    """Embedded broker and database when none is configured; yields settings that point at them.
+    Their processes start from this (the main) thread, so they die with it (see `die_with_parent`),
+    and are recorded in `owned`."""
     updates: dict[str, object] = {}
     broker: EmbeddedBroker | None = None
     database: EmbeddedPostgres | None = None
@@ -105,14 +109,19 @@ async def infrastructure(
                 settings.state_dir / "logs" / "broker.log",
             )
             with progress.step(f"embedded broker on {broker.bootstrap}"):
-                await asyncio.to_thread(broker.start)
+                owned.started("broker", broker.spawn(), "broker.pid")
+                owned.listens("broker", broker.host, broker.port)
+                await asyncio.to_thread(broker.wait_ready)
             updates["kafka_bootstrap"] = broker.bootstrap
         if settings.embedded_database:
             database = EmbeddedPostgres(
                 settings.state_dir.resolve() / "pgdata", settings.embedded_db_port, durable=durable
             )
             with progress.step(f"embedded PostgreSQL on 127.0.0.1:{settings.embedded_db_port}"):
-                await asyncio.to_thread(database.start)
+                await asyncio.to_thread(database.prepare)
+                owned.started("PostgreSQL", database.spawn())  # its own pgdata/postmaster.pid names it
+                owned.listens("database", database.host, database.port)
+                await asyncio.to_thread(database.wait_ready)
             updates["database_url"] = SecretStr(database.url)
         yield settings.model_copy(update=updates)
     finally:
@@ -164,8 +173,9 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def streams_process(settings: Settings) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """The faust worker as a child process (it owns its event loop and signals)."""
+async def streams_process(settings: Settings, owned: Owned) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """The faust worker as a child process (it owns its event loop and signals). Killed if `up` dies:
+    its graceful stop hangs on a broker that died too, and a kill loses nothing (tables rebuilt)."""
     log_path = settings.state_dir / "logs" / "streams.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
@@ -175,8 +185,10 @@ async def streams_process(settings: Settings) -> AsyncIterator[subprocess.Popen[
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
     try:
+        owned.started("stream processor", proc.pid, "streams.pid")
         yield proc
     finally:
         if proc.poll() is None:
@@ -287,12 +299,13 @@ async def run_until(done: Callable[[], bool] = lambda: False) -> None:
 
 
 async def _await_heartbeat(
-    settings: Settings, component: str, proc: subprocess.Popen[bytes], timeout: float = 120.0
+    settings: Settings, component: str, proc: subprocess.Popen[bytes], since: datetime, timeout: float = 120.0
 ) -> None:
-    """Until `component` has written its heartbeat (it is running), or its process died."""
+    """Until `component` has written a heartbeat after `since` (it is running: an earlier run's
+    heartbeat does not count), or its process died."""
     deadline = time.monotonic() + timeout
     async with Store(_db_url(settings), max_size=1) as store:
-        while component not in await store.live_components(30):
+        while component not in await store.live_components(30, since=since):
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"{component} exited with code {proc.returncode}; "
@@ -304,29 +317,51 @@ async def _await_heartbeat(
 
 
 async def up(settings: Settings, demo: bool, console: Console) -> int:
-    """`spotcheck up`: everything in one command, embedded services when none are configured."""
+    """`spotcheck up`: everything in one command, embedded services when none are configured.
+    One `up` per state folder; what it starts is stopped, and checked to be gone, when it stops."""
     progress = Progress(console)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with stopped_by_signals() as why:
-        try:
-            await _up(settings, demo, console, progress)
-            why.append("the stream processor exited")
-        except asyncio.CancelledError:
-            if not why:
-                raise
-        except (SpotcheckError, RuntimeError, OSError) as exc:
-            console.print(f"[red]spotcheck could not start: {exc}[/]")
-            why.append("a start-up error")
-    console.print(f"[bold]spotcheck stopped[/] ({why[0]}); nothing left running.")
-    return 0 if why[0] in ("SIGINT", "SIGTERM") else 1
+    lock = UpLock(settings.state_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        console.print(f"[red]spotcheck could not start: {exc}[/]")
+        return 1
+    owned = Owned(settings.state_dir)
+    try:
+        with stopped_by_signals() as why:
+            try:
+                await _up(settings, demo, console, progress, owned)
+                why.append("the stream processor exited")
+            except asyncio.CancelledError:
+                if not why:
+                    raise
+            except (SpotcheckError, RuntimeError, OSError) as exc:
+                console.print(f"[red]spotcheck could not start: {exc}[/]")
+                why.append("a start-up error")
+            left = await asyncio.to_thread(owned.still_running)
+    finally:
+        lock.release()
+    checked = "nothing left running."
+    if left:
+        checked = f"[red]still running: {'; '.join(left)}[/] (the next `spotcheck up` stops it)."
+    console.print(f"[bold]spotcheck stopped[/] ({why[0]}); {checked}")
+    return 0 if why[0] in ("SIGINT", "SIGTERM") and not left else 1
 
 
-async def _up(settings: Settings, demo: bool, console: Console, progress: Progress) -> None:
-    async with infrastructure(settings, progress) as effective:
+async def _up(settings: Settings, demo: bool, console: Console, progress: Progress, owned: Owned) -> None:
+    left = await asyncio.to_thread(stop_leftovers, settings.state_dir)
+    if left:
+        console.print(f"[yellow]stopped what an earlier run left running: {', '.join(left)}[/]")
+    async with infrastructure(settings, progress, owned) as effective:
         await prepare(effective, progress)
         token = admin_token(effective, console)
-        async with streams_process(effective) as streams, AsyncExitStack() as stack:
+        async with Store(_db_url(effective), max_size=1) as store:
+            since = await store.heartbeat_epoch(forget_earlier=settings.embedded_database)
+        async with streams_process(effective, owned) as streams, AsyncExitStack() as stack:
             roles = ("api", "relay", "verdicts", "sink", "push", "custody")
+            if port_is_free(effective.http_host, effective.http_port):  # else the API fails to start
+                owned.listens("HTTP API", effective.http_host, effective.http_port)
             with progress.step(
                 "outbox relay, verdict processor, store sink, center push, custody processor"
                 + (", lab simulator" if demo else "")
@@ -334,7 +369,7 @@ async def _up(settings: Settings, demo: bool, console: Console, progress: Progre
             ):
                 await stack.enter_async_context(workers(effective, roles, token, demo))
             with progress.step("stream processor (faust worker) joined"):
-                await _await_heartbeat(effective, "streams", streams)
+                await _await_heartbeat(effective, "streams", streams, since)
             console.print(
                 f"[bold green]spotcheck is up[/] in {time.monotonic() - progress.started:.1f}s: "
                 f"http://{effective.http_host}:{effective.http_port}/healthz — "

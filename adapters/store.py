@@ -365,13 +365,27 @@ class Store:
                 instance,
             )
 
-    async def live_components(self, within_seconds: float) -> set[str]:
+    async def live_components(self, within_seconds: float, *, since: datetime | None = None) -> set[str]:
+        """Components with a heartbeat in the last `within_seconds`; with `since` (a time from
+        `heartbeat_epoch`), only heartbeats written after it count."""
         async with self._conn() as conn:
             rows = await conn.fetch(
-                "SELECT DISTINCT component FROM heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
+                "SELECT DISTINCT component FROM heartbeats WHERE seen_at > now() - make_interval(secs => $1)"
+                " AND ($2::timestamptz IS NULL OR seen_at > $2)",
                 within_seconds,
+                since,
             )
         return {r["component"] for r in rows}
+
+    async def heartbeat_epoch(self, *, forget_earlier: bool) -> datetime:
+        """A run of `up` begins: the database's time now, after which its workers' heartbeats are
+        written. With `forget_earlier` (`up` owns this database, so any heartbeat in it is an earlier
+        run's) those are deleted, so that /healthz counts this run's workers only."""
+        async with self._conn() as conn:
+            if forget_earlier:
+                await conn.execute("DELETE FROM heartbeats")
+            now: datetime = await conn.fetchval("SELECT now()")
+        return now
 
     async def save_pass_rates(self, rates: dict[str, dict[str, int]]) -> None:
         if not rates:

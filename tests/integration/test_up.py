@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -15,10 +16,13 @@ from typing import Any
 import psutil
 import pytest
 
-from adapters.embedded import port_is_free
+from adapters import processes
+from adapters.embedded import EmbeddedPostgres, port_is_free
 from producers.bench import isolated_up_env
 
 pytestmark = pytest.mark.integration
+
+SLEEP = "import time; time.sleep(300)"
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, Any]:
@@ -30,6 +34,19 @@ def _get(url: str, token: str | None = None) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, None
+
+
+def _post(url: str, body: Any, token: str) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
 
 
 def _wait(probe: Any, timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> Any:
@@ -142,3 +159,100 @@ def test_sigterm_in_the_middle_of_starting_leaves_nothing_running(tmp_path: Path
     ]
     assert not postgres, "the embedded PostgreSQL is still running"
     assert all(port_is_free("127.0.0.1", p) for p in ports.values())
+
+
+def _start_up(env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spotcheck", "up"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd
+        )
+
+
+def _run_processes(proc: subprocess.Popen[bytes], state: Path) -> list[psutil.Process]:
+    """The processes of a running `up`: its children, and the PostgreSQL server its state folder's
+    postmaster.pid names (should it not be a child)."""
+    found = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
+    pidfile = state / "pgdata" / "postmaster.pid"
+    if pidfile.exists():
+        pid = int(pidfile.read_text().split()[0])
+        if psutil.pid_exists(pid):
+            found.setdefault(pid, psutil.Process(pid))
+    return list(found.values())
+
+
+def test_a_crashed_up_leaves_nothing_running_and_restarts_on_the_same_ports(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env, ports = isolated_up_env(state)
+    env.update({"SPOTCHECK_SESSION_TIMEOUT_MS": "6000", "SPOTCHECK_REBALANCE_TIMEOUT_MS": "3000"})
+    base = f"http://127.0.0.1:{ports['SPOTCHECK_HTTP_PORT']}"
+    healthy = lambda: _get(f"{base}/healthz")[0] == 200  # noqa: E731
+    spawned: list[psutil.Process] = []
+    left_db: EmbeddedPostgres | None = None
+    first = _start_up(env, tmp_path / "first.log", tmp_path)
+    try:
+        _wait(healthy, 120, "healthy", first, tmp_path / "first.log")
+        token = (state / "admin-token").read_text().strip()
+        lab = {"lab_id": "LAB-CRASH", "name": "kept across a crash", "scope": [{"spec": "*"}]}
+        assert _post(f"{base}/api/v1/labs", lab, token)[0] == 201
+        crashed = _run_processes(first, state)
+        spawned += crashed
+        names = " ".join(" ".join(p.cmdline()) for p in crashed)
+        assert "tansu" in names and "run streams" in names and "postgres" in names, names
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = time.monotonic()
+        left = processes.wait_gone(crashed, 10)
+        assert not left, f"left running after a crash: {[(p.pid, p.cmdline()) for p in left]}"
+        print(f"SIGKILL -> broker, database and stream processor gone in {time.monotonic() - killed_at:.1f}s")
+
+        # where children cannot be tied to their parent (elsewhere than Linux), a crash leaves them
+        # running: the restart finds them by their pid files and stops them, and leaves alone a
+        # process that merely got a recorded pid
+        left_db = EmbeddedPostgres(state.resolve() / "pgdata", ports["SPOTCHECK_EMBEDDED_DB_PORT"])
+        left_db.start()
+        assert left_db.pid is not None
+        left_postgres = psutil.Process(left_db.pid)
+        left_streams = subprocess.Popen([sys.executable, "-c", SLEEP, "spotcheck", "run", "streams"])
+        bystander = subprocess.Popen([sys.executable, "-c", SLEEP])
+        spawned += [psutil.Process(p.pid) for p in (left_streams, bystander)]
+        processes.write_pid_file(state / "run" / "streams.pid", left_streams.pid)
+        processes.write_pid_file(state / "run" / "broker.pid", bystander.pid)
+
+        restarted_at = time.monotonic()
+        second = _start_up(env, tmp_path / "second.log", tmp_path)
+        spawned.append(psutil.Process(second.pid))
+        _wait(healthy, 120, "healthy after the crash", second, tmp_path / "second.log")
+        print(f"restart -> healthy in {time.monotonic() - restarted_at:.1f}s")
+        assert left_streams.poll() is not None and not processes.alive(left_postgres), "leftovers still run"
+        assert bystander.poll() is None, "an unrelated process was stopped"
+        said = " ".join((tmp_path / "second.log").read_text().split())
+        assert f"stream processor (pid {left_streams.pid}), PostgreSQL (pid {left_postgres.pid})" in said
+        status, body = _get(f"{base}/api/v1/labs/LAB-CRASH", token)
+        assert status == 200 and body["name"] == "kept across a crash", (status, body)
+        spawned += _run_processes(second, state)
+
+        # a second `up` on the same state folder refuses, naming the running one, and leaves it be
+        third = subprocess.run(
+            [sys.executable, "-m", "spotcheck", "up"], env=env, capture_output=True, text=True, timeout=60
+        )
+        said = " ".join((third.stdout + third.stderr).split())  # the console wraps long lines
+        assert third.returncode != 0
+        assert "already running" in said and f"(pid {second.pid})" in said, said
+        assert healthy() and second.poll() is None
+
+        running = _run_processes(second, state)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0, (tmp_path / "second.log").read_text()[-4000:]
+        assert "nothing left running" in " ".join((tmp_path / "second.log").read_text().split())
+        left = processes.wait_gone(running, 10)
+        assert not left, f"left running: {[(p.pid, p.cmdline()) for p in left]}"
+        assert all(port_is_free("127.0.0.1", p) for p in ports.values())
+    finally:
+        if left_db is not None:
+            left_db.stop()
+        for p in [psutil.Process(first.pid)] if first.poll() is None else []:
+            p.kill()
+        for p in spawned:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
