@@ -49,6 +49,7 @@ class Claimed:
     payload: str
     round: int
     attempts: int  # made in this round before this one
+    round_started_at: datetime | None  # the round's first attempt (None: this is it)
     url: str
     secret: str
 
@@ -231,7 +232,7 @@ class CenterStore:
                 " FROM due, centers c"
                 " WHERE d.delivery_id = due.delivery_id AND c.center_id = d.center_id"
                 " RETURNING d.seq, d.delivery_id, d.center_id, d.task_id, d.event, d.event_id,"
-                " d.payload::text AS payload, d.round, d.attempts, c.url, c.secret",
+                " d.payload::text AS payload, d.round, d.attempts, d.round_started_at, c.url, c.secret",
                 center_id,
                 limit,
                 claim,
@@ -256,6 +257,7 @@ class CenterStore:
         async with self._conn() as conn, conn.transaction():
             held = await conn.fetchval(
                 "UPDATE deliveries SET state = $3, attempts = $4, claim = NULL,"
+                " round_started_at = coalesce(round_started_at, $8),"
                 " next_attempt_at = coalesce($5, next_attempt_at), last_status = $6, last_error = $7,"
                 " delivered_at = CASE WHEN $3 = 'delivered' THEN $8::timestamptz END,"
                 " failed_at = CASE WHEN $3 = 'failed' THEN $8::timestamptz END"
@@ -327,8 +329,8 @@ class CenterStore:
         }
 
     async def redeliver(self, center_id: str, delivery_ids: Sequence[str] | None) -> list[str]:
-        """Put failed deliveries back to pending for a new round (all of the center's when
-        `delivery_ids` is None); their attempt history is kept."""
+        """Put failed deliveries back to pending for a new round, with a new retry budget (all of
+        the center's when `delivery_ids` is None); their attempt history is kept."""
         await self.center(center_id)
         async with self._conn() as conn, conn.transaction():
             if delivery_ids is not None:
@@ -349,7 +351,7 @@ class CenterStore:
                         )
             rows = await conn.fetch(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, round = round + 1,"
-                " next_attempt_at = now(), claim = NULL, failed_at = NULL"
+                " next_attempt_at = now(), claim = NULL, failed_at = NULL, round_started_at = NULL"
                 " WHERE center_id = $1 AND state = 'failed'"
                 " AND ($2::text[] IS NULL OR delivery_id = ANY($2)) RETURNING delivery_id, seq",
                 center_id,

@@ -1,6 +1,7 @@
 """Center push: matching verdicts and raw results are queued per center in PostgreSQL (the
 outbox), then POSTed, signed, by one task per center, retried with backoff, dead-lettered when
-the retry limit is reached. Consuming never waits for a center, and no center waits for another."""
+the retry budget (a time) is spent. Consuming never waits for a center, and no center waits for
+another."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import aiohttp
 import structlog
@@ -25,11 +26,12 @@ from consumers.base import Batch, BatchConsumer
 from spotcheck.centers import (
     DeliveryAttempt,
     EventKind,
+    RetryPolicy,
     Subscription,
-    backoff,
     delivery_id,
     envelope,
     request_headers,
+    span,
 )
 from spotcheck.events import DeadLetter, LabResult, Verdict, describe_validation_error
 from spotcheck.settings import Settings
@@ -81,6 +83,12 @@ class Dispatcher:
         self._owns_session = session is None
         self._topics = {t.name: t.full_name(settings) for t in (DELIVERIES, DEAD_LETTERS_TOPIC)}
         self._lease = settings.push_timeout_seconds * 2 + 10
+        self.retry = RetryPolicy(
+            initial=settings.push_backoff_initial_seconds,
+            maximum=settings.push_backoff_max_seconds,
+            retry_for=settings.push_retry_for_seconds,
+            max_attempts=settings.push_max_attempts,
+        )
         self._timeout = aiohttp.ClientTimeout(total=settings.push_timeout_seconds)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
@@ -191,17 +199,13 @@ class Dispatcher:
     ) -> None:
         number = d.attempts + 1
         at = self.now()
+        started = d.round_started_at or at
         next_at: datetime | None = None
         if error is None:
             outcome = "delivered"
-        elif number >= self.settings.push_max_attempts:
-            outcome = "failed"
         else:
-            outcome = "retrying"
-            delay = backoff(
-                number, self.settings.push_backoff_initial_seconds, self.settings.push_backoff_max_seconds
-            )
-            next_at = at + timedelta(seconds=delay)
+            next_at = self.retry.next_attempt(started, at, number)
+            outcome = "retrying" if next_at is not None else "failed"
         attempt = DeliveryAttempt(
             attempt_id=uuid.uuid4().hex,
             delivery_id=d.delivery_id,
@@ -225,7 +229,8 @@ class Dispatcher:
                 f"push:{d.center_id}",
                 d.delivery_id,
                 envelope(d.event, d.delivery_id, d.payload),
-                f"gave up pushing {d.event} {d.event_id} to {d.url} after {number} attempts: {error}",
+                f"gave up pushing {d.event} {d.event_id} to {d.url} after {number} attempts"
+                f" in {span((at - started).total_seconds())}: {error}",
                 at,
                 origin=f"round {d.round}",
             )

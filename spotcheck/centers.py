@@ -10,6 +10,8 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -179,10 +181,51 @@ def delivery_id(center_id: str, event: EventKind, event_id: str) -> str:
 def backoff(
     failures: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
 ) -> float:
-    """Seconds to wait after the `failures`-th failed attempt: exponential, capped, full jitter
-    (uniform in [0, min(maximum, initial * 2**(failures - 1))])."""
+    """Seconds to wait after the `failures`-th failed attempt: `initial` doubling up to `maximum`,
+    with jitter that keeps at least half of it (uniform in [ceiling / 2, ceiling])."""
     ceiling = min(maximum, initial * 2.0 ** min(max(failures - 1, 0), 64))
-    return rand() * ceiling
+    return ceiling * (0.5 + 0.5 * rand())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a failing delivery is tried: for `retry_for` seconds from the round's first
+    attempt (and, when `max_attempts` is set, no more attempts than that), backing off between
+    attempts. The last wait is cut to end at the deadline, so the final attempt is made there:
+    a delivery is never given up before its budget is spent, whatever the jitter drew."""
+
+    initial: float
+    maximum: float
+    retry_for: float
+    max_attempts: int | None = None
+
+    def next_attempt(
+        self,
+        started: datetime,
+        failed_at: datetime,
+        failures: int,
+        rand: Callable[[], float] = random.random,
+    ) -> datetime | None:
+        """When to try again after the `failures`-th failed attempt (made at `failed_at`) of a
+        round whose first attempt was at `started`; None when the delivery is given up."""
+        deadline = started + timedelta(seconds=self.retry_for)
+        if failed_at >= deadline or (self.max_attempts is not None and failures >= self.max_attempts):
+            return None
+        return min(
+            failed_at + timedelta(seconds=backoff(failures, self.initial, self.maximum, rand)), deadline
+        )
+
+
+def span(seconds: float) -> str:
+    """A duration for people: "0.4s", "42s", "5m 3s", "6h 0m"."""
+    if round(seconds, 1) < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def envelope(event: EventKind, delivery: str, data: str | dict[str, Any]) -> bytes:

@@ -1,9 +1,11 @@
-"""Center push, the pure part: filters, signatures, the retry schedule and delivery ids."""
+"""Center push, the pure part: filters, routing, signatures, the retry budget and delivery ids."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -12,15 +14,18 @@ from spotcheck.centers import (
     CenterRequest,
     DeliveryAttempt,
     Filters,
+    RetryPolicy,
     backoff,
     delivery_id,
     envelope,
     request_headers,
     sign,
+    span,
     spec_matches,
     verify,
 )
 from spotcheck.events import Outcome
+from spotcheck.settings import Settings
 
 GASOLINE = "GB17930-2016:VIB:92"
 DIESEL = "GB19147-2016:VI:0"
@@ -174,12 +179,12 @@ def test_request_headers_carry_everything_a_center_checks() -> None:
 # --- retries and ids --------------------------------------------------------------------------
 
 
-def test_backoff_grows_exponentially_to_the_cap_with_full_jitter() -> None:
+def test_backoff_doubles_to_the_cap_and_jitter_keeps_at_least_half() -> None:
     ceilings = [backoff(n, 1.0, 300.0, rand=lambda: 1.0) for n in range(1, 12)]
     assert ceilings[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
     assert ceilings[-1] == 300.0 and max(ceilings) == 300.0
-    assert backoff(3, 1.0, 300.0, rand=lambda: 0.0) == 0.0
-    assert backoff(3, 1.0, 300.0, rand=lambda: 0.5) == 2.0
+    assert backoff(3, 1.0, 300.0, rand=lambda: 0.0) == 2.0
+    assert backoff(3, 1.0, 300.0, rand=lambda: 0.5) == 3.0
     assert backoff(10_000, 0.5, 60.0, rand=lambda: 1.0) == 60.0  # no overflow for huge counts
 
 
@@ -187,7 +192,87 @@ def test_backoff_stays_within_its_bounds() -> None:
     for failures in range(1, 20):
         for _ in range(50):
             delay = backoff(failures, 0.2, 30.0)
-            assert 0.0 <= delay <= min(30.0, 0.2 * 2 ** (failures - 1))
+            ceiling = min(30.0, 0.2 * 2 ** (failures - 1))
+            assert ceiling / 2 <= delay <= ceiling
+
+
+DEFAULTS = Settings.model_construct()  # the defaults, whatever the environment says
+POLICY = RetryPolicy(
+    initial=DEFAULTS.push_backoff_initial_seconds,
+    maximum=DEFAULTS.push_backoff_max_seconds,
+    retry_for=DEFAULTS.push_retry_for_seconds,
+    max_attempts=DEFAULTS.push_max_attempts,
+)
+START = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+def outage(
+    policy: RetryPolicy, down_for: timedelta, rand: Callable[[], float], answer_after: float = 10.0
+) -> tuple[str, int, datetime]:
+    """Attempts against a center that fails every push (each after `answer_after` seconds, the
+    push timeout) until `down_for` has passed, on a clock moved from attempt to attempt: the
+    outcome, the number of attempts and when the last was made."""
+    due, failures = START, 0
+    while True:
+        at = due + timedelta(seconds=answer_after)
+        if at - START >= down_for:
+            return "delivered", failures + 1, at
+        failures += 1
+        due_next = policy.next_attempt(START + timedelta(seconds=answer_after), at, failures, rand)
+        if due_next is None:
+            return "failed", failures, at
+        assert due_next > at
+        due = due_next
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, 1.0])
+def test_the_default_budget_outlasts_a_center_down_for_an_hour(draw: float) -> None:
+    assert DEFAULTS.push_retry_for_seconds >= 3 * 3600 and DEFAULTS.push_max_attempts is None
+    outcome, attempts, last = outage(POLICY, timedelta(hours=1), rand=lambda: draw)
+    assert outcome == "delivered" and attempts > 8  # the old default budget gave up after 8
+    # the backoff reached its cap: near the end of the hour the center is tried every 2.5 to 5 min
+    assert last - START < timedelta(hours=1, minutes=6)
+
+
+def test_the_budget_is_a_time_never_shortened_by_the_jitter() -> None:
+    rng = random.Random(7)
+    for rand in (lambda: 0.0, lambda: 1.0, rng.random):
+        outcome, attempts, last = outage(POLICY, timedelta(days=2), rand=rand)
+        assert outcome == "failed"
+        first = START + timedelta(seconds=10)
+        assert last - first >= timedelta(seconds=DEFAULTS.push_retry_for_seconds)
+        assert last - first < timedelta(seconds=DEFAULTS.push_retry_for_seconds + 10 + 300)
+
+
+def test_the_last_wait_ends_at_the_deadline_and_a_cap_on_attempts_still_applies() -> None:
+    policy = RetryPolicy(initial=1.0, maximum=300.0, retry_for=60.0)
+    started = START
+    assert policy.next_attempt(started, START + timedelta(seconds=50), 7, lambda: 1.0) == START + timedelta(
+        seconds=60
+    )
+    assert policy.next_attempt(started, START + timedelta(seconds=60), 8, lambda: 1.0) is None
+    assert policy.next_attempt(started, START + timedelta(seconds=1), 1, lambda: 1.0) == START + timedelta(
+        seconds=2
+    )
+    capped = RetryPolicy(initial=1.0, maximum=300.0, retry_for=3600.0, max_attempts=3)
+    assert capped.next_attempt(started, START + timedelta(seconds=5), 2, lambda: 1.0) is not None
+    assert capped.next_attempt(started, START + timedelta(seconds=9), 3, lambda: 1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.43, "0.4s"),
+        (9.94, "9.9s"),
+        (9.96, "10s"),
+        (42.2, "42s"),
+        (303, "5m 3s"),
+        (21_604, "6h 0m"),
+        (3600, "1h 0m"),
+    ],
+)
+def test_spans_read_well(seconds: float, text: str) -> None:
+    assert span(seconds) == text
 
 
 def test_delivery_ids_are_stable_and_distinct() -> None:
