@@ -1,5 +1,6 @@
-"""Push to quality-testing centers, the pure part: subscriptions and their filters, the signed
-request a center receives, the retry schedule, delivery ids and the delivery-attempt event."""
+"""Push to quality-testing centers, the pure part: subscriptions and their filters, which centers
+a raw result goes to, the signed request a center receives, the retry schedule, delivery ids and
+the delivery-attempt event."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -118,6 +119,11 @@ class Filters(BaseModel):
             return False
         return not (self.outcomes and outcome is not None and outcome not in self.outcomes)
 
+    @property
+    def needs_spec(self) -> bool:
+        """Whether deciding needs the event's spec (a raw result's comes from its task)."""
+        return bool(self.products or self.specs)
+
 
 class Subscription(BaseModel):
     """An enabled center as the push worker sees it."""
@@ -127,6 +133,29 @@ class Subscription(BaseModel):
     center_id: str
     filters: Filters
     include_results: bool = False
+
+
+@dataclass(frozen=True)
+class ResultRoute:
+    """Where a raw lab result goes: the centers it is queued for now, and the centers whose
+    filters cannot decide until its task is known (the result is held for them meanwhile)."""
+
+    now: tuple[Subscription, ...]
+    undecided: tuple[Subscription, ...]
+
+
+def route_result(subscriptions: Sequence[Subscription], spec: str | None, decidable: bool) -> ResultRoute:
+    """The centers taking results that a result goes to. `spec` is its task's; `decidable` says
+    whether the result may be decided now: its task is known and no earlier result of the task is
+    still held (a task's results are decided in the order they came). Until then, only filters
+    that do not look at the spec decide, and the others are left undecided."""
+    taking = [s for s in subscriptions if s.include_results]
+    if decidable:
+        return ResultRoute(tuple(s for s in taking if s.filters.matches(spec=spec)), ())
+    return ResultRoute(
+        tuple(s for s in taking if not s.filters.needs_spec and s.filters.matches(spec=None)),
+        tuple(s for s in taking if s.filters.needs_spec),
+    )
 
 
 def check_url(url: str) -> str:

@@ -1,11 +1,11 @@
-"""Push to quality-testing centers, what nothing may lose: a center down longer than many attempts,
-a retry budget spent."""
+"""Push to quality-testing centers, what nothing may lose: results that come before their task is
+stored, a center down longer than many attempts, a retry budget spent."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,10 +15,10 @@ from adapters.centers import CenterStore
 from adapters.store import Store
 from consumers.centers import CenterPush
 from spotcheck.centers import CenterRequest, Filters, delivery_id
-from spotcheck.events import DeadLetter
+from spotcheck.events import DeadLetter, SamplingTask
 from spotcheck.settings import Settings
-from tests.integration.helpers import eventually, read_topic
-from tests.integration.test_centers import Got, Receiver, attempts_of, publish, verdict
+from tests.integration.helpers import eventually, read_topic, result, send
+from tests.integration.test_centers import DIESEL, GASOLINE, Got, Receiver, attempts_of, publish, verdict
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +76,19 @@ async def subscribe(
     receiver.secrets[center_id] = SECRET
 
 
+def task(task_id: str, spec: str = GASOLINE, items: tuple[str, ...] = ("sulfur", "benzene")) -> SamplingTask:
+    return SamplingTask(
+        task_id=task_id,
+        sample_id=f"{task_id}-A",
+        enterprise_id="91370500MA3C000001",
+        product="fuel",
+        spec=spec,
+        items=items,
+        lab_id="LAB-1",
+        created_at=datetime.now(UTC),
+    )
+
+
 def ids(got: list[Got]) -> list[str]:
     return [g.event_id for g in got]
 
@@ -83,6 +96,81 @@ def ids(got: list[Got]) -> list[str]:
 async def received(receiver: Receiver, center_id: str, n: int) -> list[Got] | None:
     got = receiver.accepted(center_id)
     return got if len(got) >= n else None
+
+
+async def arrived(receiver: Receiver, center_id: str, n: int, timeout: float) -> list[Got]:
+    """What a center accepted once it has `n` pushes, or when `timeout` is up (for the counts)."""
+    try:
+        return await eventually(lambda: received(receiver, center_id, n), timeout)
+    except AssertionError:
+        return receiver.accepted(center_id)
+
+
+async def test_results_published_before_their_task_is_stored_wait_for_it_across_a_restart(
+    settings: Settings,
+    store: Store,
+    receiver: Receiver,
+    lab: AIOKafkaProducer,
+    start_push: StartPush,
+) -> None:
+    await subscribe(store, receiver, "QTC-GAS", specs=("GB17930-2016:",))
+    await subscribe(store, receiver, "QTC-FUEL", products=("motor gasoline",))
+    await subscribe(store, receiver, "QTC-ALL")  # no filter: takes every result at once
+    push = await start_push()
+    await eventually(lambda: _knows(push, "QTC-GAS", "QTC-FUEL", "QTC-ALL"), 10)
+
+    gasoline = [task(f"T-2026-0001{n:02d}") for n in range(12)]
+    diesel = [task(f"T-2026-0002{n:02d}", spec=DIESEL) for n in range(3)]
+    results = {
+        t.task_id: [result(t.to_dict(), item, "0.5") for item in ("sulfur", "benzene", "sulfur")]
+        for t in gasoline + diesel
+    }
+    await send(lab, settings, *(r for rs in results.values() for r in rs))
+    total = sum(len(rs) for rs in results.values())
+    await eventually(lambda: received(receiver, "QTC-ALL", total), 20)  # all consumed by now
+
+    # the worker stops while the results wait: what it kept for them must survive
+    await asyncio.wait_for(push.stop(), 30)
+    await store.save_tasks(gasoline + diesel)
+    await start_push()
+
+    expected = [r["result_id"] for t in gasoline for r in results[t.task_id]]
+    for center_id in ("QTC-GAS", "QTC-FUEL"):
+        got = await arrived(receiver, center_id, len(expected), 20)
+        assert len(got) == len(expected), f"{center_id}: {len(got)} of {len(expected)} results delivered"
+        assert sorted(ids(got)) == sorted(expected)  # nothing of diesel, nothing twice
+        for t in gasoline:  # each task's results in the order they were published
+            assert [i for i in ids(got) if i in _of(results, t)] == _of(results, t)
+    assert len(receiver.accepted("QTC-ALL")) == total  # sent once, before the task was known
+    async with store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM push_pending") == 0
+
+
+async def test_results_whose_task_never_comes_are_dead_letters_with_the_reason(
+    settings: Settings,
+    store: Store,
+    receiver: Receiver,
+    lab: AIOKafkaProducer,
+    start_push: StartPush,
+) -> None:
+    await subscribe(store, receiver, "QTC-GAS", specs=("GB17930-2016:",))
+    push = await start_push(result_grace_seconds=1.0)
+    await eventually(lambda: _knows(push, "QTC-GAS"), 10)
+    lost = task("T-2026-000301")
+    orphan = result(lost.to_dict(), "sulfur", "8.1")
+    await send(lab, settings, orphan)
+
+    records = await read_topic(
+        settings, "dead-letters", lambda rs: any(_letter(r).key == lost.task_id for r in rs)
+    )
+    letter = next(_letter(r) for r in records if _letter(r).key == lost.task_id)
+    assert letter.source == "push"
+    assert orphan["result_id"] in letter.reason and lost.task_id in letter.reason
+    assert "QTC-GAS" in letter.reason and "within 1s" in letter.reason
+    assert orphan["result_id"] in letter.payload
+    assert receiver.got["QTC-GAS"] == []
+    async with store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM push_pending") == 0
 
 
 async def test_a_center_down_longer_than_many_attempts_gets_everything_once_back(
@@ -151,3 +239,7 @@ async def _knows(push: CenterPush, *center_ids: str) -> bool:
 
 def _letter(record: Any) -> DeadLetter:
     return DeadLetter.from_json(record.value)
+
+
+def _of(results: dict[str, list[dict[str, Any]]], t: SamplingTask) -> list[str]:
+    return [r["result_id"] for r in results[t.task_id]]

@@ -14,11 +14,14 @@ from spotcheck.centers import (
     CenterRequest,
     DeliveryAttempt,
     Filters,
+    ResultRoute,
     RetryPolicy,
+    Subscription,
     backoff,
     delivery_id,
     envelope,
     request_headers,
+    route_result,
     sign,
     span,
     spec_matches,
@@ -105,6 +108,43 @@ def test_bad_filters_name_the_field(filters: dict[str, list[str]], field: str, w
         Filters.model_validate(filters)
     error = caught.value.errors()[0]
     assert error["loc"][0] == field and words in str(caught.value)
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+def sub(center_id: str, results: bool = True, **filters: object) -> Subscription:
+    return Subscription(center_id=center_id, filters=Filters.model_validate(filters), include_results=results)
+
+
+GAS = sub("QTC-GAS", specs=["GB17930-2016:"])
+FUEL = sub("QTC-FUEL", products=["motor diesel"])
+ALL = sub("QTC-ALL")
+UNQUALIFIED = sub("QTC-UNQ", outcomes=["unqualified"])  # outcomes do not apply to results
+VERDICTS = sub("QTC-VERDICTS", results=False)
+EVERYONE = [GAS, FUEL, ALL, UNQUALIFIED, VERDICTS]
+
+
+def test_only_spec_and_product_filters_need_the_spec() -> None:
+    assert GAS.filters.needs_spec and FUEL.filters.needs_spec
+    assert not ALL.filters.needs_spec and not UNQUALIFIED.filters.needs_spec
+    assert not Filters(districts=("370102",)).needs_spec
+
+
+def test_a_result_whose_task_is_known_goes_where_its_spec_matches() -> None:
+    route = route_result(EVERYONE, GASOLINE, decidable=True)
+    assert route.now == (GAS, ALL, UNQUALIFIED) and route.undecided == ()
+    route = route_result(EVERYONE, DIESEL, decidable=True)
+    assert route.now == (FUEL, ALL, UNQUALIFIED) and route.undecided == ()
+
+
+def test_a_result_that_cannot_be_decided_yet_waits_for_the_centers_that_need_its_spec() -> None:
+    for spec in (None, GASOLINE):  # task unknown, or known with earlier results still held
+        route = route_result(EVERYONE, spec, decidable=False)
+        assert route.now == (ALL, UNQUALIFIED)  # these filters do not look at the spec
+        assert route.undecided == (GAS, FUEL)
+    assert route_result([ALL, VERDICTS], None, decidable=False).undecided == ()
+    assert route_result([VERDICTS], GASOLINE, decidable=True) == ResultRoute((), ())
 
 
 @pytest.mark.parametrize(
