@@ -37,6 +37,7 @@ class NewDelivery:
     event: EventKind
     event_id: str
     payload: str  # the event's JSON as it was on the topic
+    waits_for: tuple[str, ...] = ()  # deliveries to be delivered or failed before this one
 
 
 @dataclass(frozen=True)
@@ -291,19 +292,31 @@ class CenterStore:
             )
         return [r["center_id"] for r in rows]
 
-    async def claim(self, center_id: str, claim: str, limit: int, lease_seconds: float) -> list[Claimed]:
+    async def claim(
+        self, center_id: str, claim: str, limit: int, lease_seconds: float, patience_seconds: float
+    ) -> list[Claimed]:
         """Take up to `limit` due deliveries of a center, oldest first, for `lease_seconds`.
 
-        A delivery is never taken while an earlier one of the same center and task is still
-        pending, so each center receives a task's events in order; a delivery taken by another
-        worker is skipped (its lease moved it out of the due ones)."""
+        Each center receives a task's events in order, one at a time: a task's results in the
+        order they were queued, its verdicts in theirs, each verdict after the results it lists
+        (delivered or failed; one not queued is waited for up to `patience_seconds`). A result
+        queued after a verdict goes after it, unless that verdict is still waiting for one of
+        its results. A delivery taken by another worker is skipped (its lease moved it out of the
+        due ones)."""
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "WITH due AS ("
                 "  SELECT d.delivery_id FROM deliveries d"
                 "  WHERE d.center_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= now()"
                 "  AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.center_id = d.center_id"
-                "    AND e.task_id = d.task_id AND e.state = 'pending' AND e.seq < d.seq)"
+                "    AND e.task_id = d.task_id AND e.state = 'pending' AND e.event = 'lab-result'"
+                "    AND e.seq < d.seq)"
+                "  AND NOT EXISTS (SELECT 1 FROM (SELECT v.seq, v.waits_for, v.created_at FROM deliveries v"
+                "      WHERE v.center_id = d.center_id AND v.task_id = d.task_id AND v.state = 'pending'"
+                "      AND v.event = 'verdict' ORDER BY v.seq LIMIT 1) first"
+                "    WHERE first.seq < d.seq AND (d.event = 'verdict'"
+                "      OR NOT delivery_waits(first.waits_for, first.created_at, $5)))"
+                "  AND (d.event = 'lab-result' OR NOT delivery_waits(d.waits_for, d.created_at, $5))"
                 "  ORDER BY d.seq LIMIT $2 FOR UPDATE OF d SKIP LOCKED)"
                 " UPDATE deliveries d SET claim = $3, next_attempt_at = now() + make_interval(secs => $4)"
                 " FROM due, centers c"
@@ -314,6 +327,7 @@ class CenterStore:
                 limit,
                 claim,
                 lease_seconds,
+                patience_seconds,
             )
         return sorted((Claimed(**dict(r)) for r in rows), key=lambda c: c.seq)
 
@@ -442,8 +456,11 @@ async def _insert_deliveries(conn: asyncpg.Connection, deliveries: Sequence[NewD
     await _bulk_insert(
         conn,
         "deliveries",
-        ("delivery_id", "center_id", "task_id", "event", "event_id", "payload"),
-        [(d.delivery_id, d.center_id, d.task_id, d.event, d.event_id, d.payload) for d in deliveries],
+        ("delivery_id", "center_id", "task_id", "event", "event_id", "payload", "waits_for"),
+        [
+            (d.delivery_id, d.center_id, d.task_id, d.event, d.event_id, d.payload, list(d.waits_for))
+            for d in deliveries
+        ],
         "ON CONFLICT (delivery_id) DO NOTHING",
     )
 

@@ -33,6 +33,7 @@ from spotcheck.centers import (
     request_headers,
     route_result,
     span,
+    verdict_waits,
 )
 from spotcheck.events import DeadLetter, LabResult, Verdict, describe_validation_error
 from spotcheck.settings import Settings
@@ -160,7 +161,9 @@ class Dispatcher:
             wake.clear()
             try:
                 claim = uuid.uuid4().hex
-                claimed = await self.centers.claim(center_id, claim, CLAIM_BATCH, self._lease)
+                claimed = await self.centers.claim(
+                    center_id, claim, CLAIM_BATCH, self._lease, self.settings.result_grace_seconds
+                )
                 if claimed:
                     sent = await asyncio.gather(
                         *(self._send(d, claim) for d in claimed), return_exceptions=True
@@ -259,7 +262,9 @@ class CenterPush(BatchConsumer):
     matching (center, event); its Dispatcher sends them. Re-consuming an event queues nothing new.
 
     A raw result whose task is not stored yet is held in PostgreSQL for the centers whose filters
-    need its spec, decided once the task is stored, and dead-lettered after the grace period."""
+    need its spec, decided once the task is stored, and dead-lettered after the grace period. A
+    verdict queued for a center that takes results waits for the results it lists (the claim
+    sees to it), however late they come."""
 
     def __init__(
         self,
@@ -363,6 +368,7 @@ class CenterPush(BatchConsumer):
                     kind,
                     event_id,
                     payload,
+                    verdict_waits(s, event.result_ids) if isinstance(event, Verdict) else (),
                 )
                 for s in targets
             )

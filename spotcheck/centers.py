@@ -1,6 +1,6 @@
 """Push to quality-testing centers, the pure part: subscriptions and their filters, which centers
-a raw result goes to, the signed request a center receives, the retry schedule, delivery ids and
-the delivery-attempt event."""
+a result or a verdict goes to (and what it waits for), the signed request a center receives, the
+retry schedule, delivery ids and the delivery-attempt event."""
 
 from __future__ import annotations
 
@@ -156,6 +156,14 @@ def route_result(subscriptions: Sequence[Subscription], spec: str | None, decida
         tuple(s for s in taking if not s.filters.needs_spec and s.filters.matches(spec=None)),
         tuple(s for s in taking if s.filters.needs_spec),
     )
+
+
+def verdict_waits(subscription: Subscription, result_ids: Sequence[str]) -> tuple[str, ...]:
+    """The deliveries a verdict waits for at a center: those of the results it lists, when the
+    center takes results (a center receives a task's results before the verdict judged from them)."""
+    if not subscription.include_results:
+        return ()
+    return tuple(dict.fromkeys(delivery_id(subscription.center_id, "lab-result", r) for r in result_ids))
 
 
 def check_url(url: str) -> str:

@@ -1,5 +1,5 @@
-"""Push to quality-testing centers, what nothing may lose: results that come before their task is
-stored, a center down longer than many attempts, a retry budget spent."""
+"""Push to quality-testing centers, what nothing may lose and the order a center sees: results that
+come before their task is stored, verdicts that come before their results, a long outage."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from adapters.centers import CenterStore
 from adapters.store import Store
 from consumers.centers import CenterPush
+from consumers.verdicts import VerdictProcessor
 from spotcheck.centers import CenterRequest, Filters, delivery_id
 from spotcheck.events import DeadLetter, SamplingTask
 from spotcheck.settings import Settings
@@ -106,6 +107,19 @@ async def arrived(receiver: Receiver, center_id: str, n: int, timeout: float) ->
         return receiver.accepted(center_id)
 
 
+def verdicts_before_results(got: list[Got]) -> list[str]:
+    """The verdicts a center received before one of the results they list (or without it)."""
+    seen: set[str] = set()
+    early = []
+    for g in got:
+        data = g.body["data"]
+        if g.body["event"] == "lab-result":
+            seen.add(data["result_id"])
+        elif not set(data["result_ids"]) <= seen:
+            early.append(data["verdict_id"])
+    return early
+
+
 async def test_results_published_before_their_task_is_stored_wait_for_it_across_a_restart(
     settings: Settings,
     store: Store,
@@ -173,6 +187,95 @@ async def test_results_whose_task_never_comes_are_dead_letters_with_the_reason(
         assert await conn.fetchval("SELECT count(*) FROM push_pending") == 0
 
 
+async def test_a_verdict_waits_for_the_results_it_lists_and_results_flow_meanwhile(
+    settings: Settings,
+    store: Store,
+    receiver: Receiver,
+    lab: AIOKafkaProducer,
+    start_push: StartPush,
+) -> None:
+    await subscribe(store, receiver, "QTC-RAW", specs=("GB17930-2016:",))
+    await subscribe(store, receiver, "QTC-VERDICTS", results=False)
+    sample = task("T-2026-000401")
+    await store.save_tasks([sample])
+    push = await start_push()
+    await eventually(lambda: _knows(push, "QTC-RAW", "QTC-VERDICTS"), 10)
+
+    sulfur, benzene = result(sample.to_dict(), "sulfur", "8.3"), result(sample.to_dict(), "benzene", "0.5")
+    late = result(sample.to_dict(), "sulfur", "8.4")  # a result the verdict does not list
+    first = verdict(sample.task_id).model_copy(
+        update={"result_ids": (sulfur["result_id"], benzene["result_id"])}
+    )
+    await publish(lab, settings, first)
+    # the verdict is queued for both centers before any of its results is on the topic
+    await eventually(lambda: received(receiver, "QTC-VERDICTS", 1), 15)
+    await eventually(lambda: _queued(store, "QTC-RAW", 1), 15)
+    await send(lab, settings, late, sulfur, benzene)
+
+    got = await eventually(lambda: received(receiver, "QTC-RAW", 4), 15)
+    assert ids(got) == [late["result_id"], sulfur["result_id"], benzene["result_id"], first.verdict_id]
+    assert verdicts_before_results(got) == []
+
+
+async def test_a_verdict_waits_no_longer_than_the_grace_period_for_a_result_that_never_comes(
+    settings: Settings,
+    store: Store,
+    receiver: Receiver,
+    lab: AIOKafkaProducer,
+    start_push: StartPush,
+) -> None:
+    await subscribe(store, receiver, "QTC-RAW")
+    sample = task("T-2026-000501")
+    await store.save_tasks([sample])
+    push = await start_push(result_grace_seconds=1.0)
+    await eventually(lambda: _knows(push, "QTC-RAW"), 10)
+    alone = verdict(sample.task_id).model_copy(update={"result_ids": ("LAB1-never-sent",)})
+    await publish(lab, settings, alone)
+    got = await eventually(lambda: received(receiver, "QTC-RAW", 1), 15)
+    assert ids(got) == [alone.verdict_id]
+
+
+async def test_with_the_verdict_processor_every_result_arrives_and_before_its_verdict(
+    settings: Settings,
+    store: Store,
+    producer: AIOKafkaProducer,
+    receiver: Receiver,
+    lab: AIOKafkaProducer,
+    start_push: StartPush,
+) -> None:
+    """Tasks and results on the topics together, as labs and the scheduler send them: the push
+    often sees a result before the verdict processor has stored its task, and a verdict before
+    the results it was judged from."""
+    await subscribe(store, receiver, "QTC-GAS", specs=("GB17930-2016:",))
+    await subscribe(store, receiver, "QTC-FUEL", products=("motor gasoline",))
+    processor = VerdictProcessor(settings, store, producer)
+    await processor.start()
+    try:
+        push = await start_push()
+        await eventually(lambda: _knows(push, "QTC-GAS", "QTC-FUEL"), 10)
+        await asyncio.wait_for(processor.ready.wait(), 30)
+        samples = [task(f"T-2026-0006{n:02d}") for n in range(40)]
+        tasks_topic = f"{settings.topic_namespace}.tasks"
+        sent: list[str] = []
+        for sample in samples:
+            await lab.send_and_wait(tasks_topic, sample.to_json(), key=sample.task_id.encode())
+            results = [result(sample.to_dict(), item, "0.5") for item in sample.items]
+            await send(lab, settings, *results)
+            sent.extend(r["result_id"] for r in results)
+
+        for center_id in ("QTC-GAS", "QTC-FUEL"):
+            got = await arrived(receiver, center_id, len(sent) + len(samples), 30)
+            results_in = [g for g in got if g.body["event"] == "lab-result"]
+            verdicts_in = [g for g in got if g.body["event"] == "verdict"]
+            early = verdicts_before_results(got)
+            assert (len(results_in), len(verdicts_in), len(early)) == (len(sent), len(samples), 0), (
+                f"{center_id}: {len(results_in)} of {len(sent)} results, {len(verdicts_in)} of "
+                f"{len(samples)} verdicts, {len(early)} verdicts before their results"
+            )
+    finally:
+        await processor.stop()
+
+
 async def test_a_center_down_longer_than_many_attempts_gets_everything_once_back(
     settings: Settings,
     store: Store,
@@ -235,6 +338,10 @@ async def test_after_the_retry_budget_a_delivery_fails_with_a_dead_letter_and_is
 
 async def _knows(push: CenterPush, *center_ids: str) -> bool:
     return all(push.knows(c) for c in center_ids)
+
+
+async def _queued(store: Store, center_id: str, n: int) -> bool:
+    return len(await CenterStore(store).deliveries(center_id, None)) >= n
 
 
 def _letter(record: Any) -> DeadLetter:

@@ -25,6 +25,7 @@ from spotcheck.centers import (
     sign,
     span,
     spec_matches,
+    verdict_waits,
     verify,
 )
 from spotcheck.events import Outcome
@@ -145,6 +146,16 @@ def test_a_result_that_cannot_be_decided_yet_waits_for_the_centers_that_need_its
         assert route.undecided == (GAS, FUEL)
     assert route_result([ALL, VERDICTS], None, decidable=False).undecided == ()
     assert route_result([VERDICTS], GASOLINE, decidable=True) == ResultRoute((), ())
+
+
+def test_a_verdict_waits_for_its_results_only_at_centers_that_take_results() -> None:
+    listed = ("LAB7-1", "LAB7-2", "LAB7-1")
+    assert verdict_waits(GAS, listed) == (
+        delivery_id("QTC-GAS", "lab-result", "LAB7-1"),
+        delivery_id("QTC-GAS", "lab-result", "LAB7-2"),
+    )
+    assert verdict_waits(VERDICTS, listed) == ()
+    assert verdict_waits(ALL, ()) == ()
 
 
 @pytest.mark.parametrize(
