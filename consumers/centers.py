@@ -1,7 +1,8 @@
 """Center push: matching verdicts and raw results are queued per center in PostgreSQL (the
 outbox), then POSTed, signed, by one task per center, retried with backoff, dead-lettered when
 the retry budget (a time) is spent. Consuming never waits for a center, and no center waits for
-another."""
+another. (Over 400 lines: the consumer that queues and the dispatcher that sends are one worker,
+read together.)"""
 
 from __future__ import annotations
 
@@ -264,7 +265,7 @@ class CenterPush(BatchConsumer):
     A raw result whose task is not stored yet is held in PostgreSQL for the centers whose filters
     need its spec, decided once the task is stored, and dead-lettered after the grace period. A
     verdict queued for a center that takes results waits for the results it lists (the claim
-    sees to it), however late they come."""
+    sees to it), even those consumed after it."""
 
     def __init__(
         self,
