@@ -58,8 +58,15 @@ class Settings(BaseSettings):
     lab_key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a verified key is trusted")
     registry_max_batch: int = Field(default=1000, ge=1, description="records per POST /api/v1/registry/…")
 
-    # Push to quality-testing centers.
-    push_max_attempts: int = Field(default=8, ge=1)
+    # Push to quality-testing centers. A failing delivery is retried for a time, not a number of
+    # attempts (a center down for an hour still gets everything), backing off from the initial
+    # wait, doubling, to the cap; a result waits up to result_grace_seconds for its task.
+    push_retry_for_seconds: float = Field(
+        default=21_600.0, gt=0, description="how long a failing delivery is retried before it fails"
+    )
+    push_max_attempts: int | None = Field(
+        default=None, ge=1, description="also give up after this many attempts (unset: time only)"
+    )
     push_backoff_initial_seconds: float = Field(default=1.0, gt=0)
     push_backoff_max_seconds: float = Field(default=300.0, gt=0)
     push_timeout_seconds: float = Field(default=10.0, gt=0)
