@@ -5,7 +5,7 @@ these queries share the same tables and rules of order.)"""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from adapters import outbox
 from adapters.store import Store, _bulk_insert, translate
 from spotcheck.centers import (
     CenterRequest,
@@ -261,11 +262,11 @@ class CenterStore:
     async def expire_held(
         self,
         older_than: datetime,
-        reject: Callable[[list[HeldResult]], Awaitable[None]],
+        reject: Callable[[list[HeldResult]], Sequence[outbox.Message]],
         limit: int = 1000,
     ) -> int:
-        """Hand results held since before `older_than` whose task is still not stored to
-        `reject`, then drop them (in one transaction: if `reject` fails they stay held)."""
+        """Drop results held since before `older_than` whose task is still not stored, with the
+        messages `reject` makes of them (dead letters) in the outbox, in one transaction."""
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _HELD_LOCK)
             rows = await conn.fetch(
@@ -278,7 +279,7 @@ class CenterStore:
             )
             if not rows:
                 return 0
-            await reject([_held(r) for r in rows])
+            await outbox.add(conn, reject([_held(r) for r in rows]))
             await conn.execute(
                 "DELETE FROM push_pending WHERE result_id = ANY($1)", [r["result_id"] for r in rows]
             )
@@ -336,11 +337,11 @@ class CenterStore:
         self,
         attempt: DeliveryAttempt,
         claim: str,
-        publish: Callable[[bool], Awaitable[None]],
+        messages: Callable[[bool], Sequence[outbox.Message]],
     ) -> bool:
-        """Store an attempt and its outcome for the delivery (if this worker still holds it), then
-        `publish(held)` before the transaction commits: if publishing fails, nothing is recorded
-        and the delivery is tried again once its lease runs out. Returns whether it was held."""
+        """Store an attempt and its outcome for the delivery (if this worker still holds it), with
+        the messages `messages(held)` makes (the attempt, a dead letter) in the outbox, in one
+        transaction. Returns whether it was held."""
         state = {
             "delivered": DeliveryState.DELIVERED,
             "retrying": DeliveryState.PENDING,
@@ -378,7 +379,7 @@ class CenterStore:
                 attempt.duration_ms,
                 attempt.attempted_at,
             )
-            await publish(bool(held))
+            await outbox.add(conn, messages(bool(held)))
         return bool(held)
 
     # --- queries of the API -----------------------------------------------------------------

@@ -19,9 +19,10 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from adapters import kafka
+from adapters import outbox
 from adapters.centers import CenterStore, Claimed, HeldResult, NewDelivery, Released
 from adapters.metrics import DEAD_LETTERS
+from adapters.outbox import Outbox
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
 from spotcheck.centers import (
@@ -241,15 +242,13 @@ class Dispatcher:
                 origin=f"round {d.round}",
             )
 
-        async def publish(held: bool) -> None:
-            messages: list[tuple[str, str | None, bytes]] = [
-                (self._topics["deliveries"], d.center_id, attempt.to_json())
-            ]
+        def messages(held: bool) -> list[outbox.Message]:
+            out: list[outbox.Message] = [(self._topics["deliveries"], d.center_id, attempt.to_json())]
             if letter is not None and held:
-                messages.append((self._topics["dead-letters"], letter.key, letter.to_json()))
-            await kafka.publish_all(self.producer, messages)
+                out.append((self._topics["dead-letters"], letter.key, letter.to_json()))
+            return out
 
-        held = await self.centers.record_attempt(attempt, claim, publish)
+        held = await self.centers.record_attempt(attempt, claim, messages)
         PUSH_ATTEMPTS.labels(d.center_id, outcome).inc()
         if letter is not None and held:
             DEAD_LETTERS.labels(letter.source).inc()
@@ -375,9 +374,7 @@ class CenterPush(BatchConsumer):
             )
 
         if letters:
-            await kafka.publish(
-                self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in letters]
-            )
+            await Outbox(self.store).send([(self.names["dead-letters"], d.key, d.to_json()) for d in letters])
             for letter in letters:
                 DEAD_LETTERS.labels(letter.source).inc()
         await self.centers.enqueue(queued, holding)
@@ -419,7 +416,7 @@ class CenterPush(BatchConsumer):
             PUSH_QUEUED.labels(center_id).inc(sum(1 for d in queued if d.center_id == center_id))
             self.dispatcher.wake(center_id)
 
-    async def _reject_held(self, expired: list[HeldResult]) -> None:
+    def _reject_held(self, expired: list[HeldResult]) -> list[outbox.Message]:
         """Results whose task never came: no spec or product filter could decide them."""
         waiting = [s.center_id for s in self._subscriptions if s.include_results and s.filters.needs_spec]
         to = f" to {', '.join(waiting)}" if waiting else ""
@@ -436,12 +433,10 @@ class CenterPush(BatchConsumer):
             )
             for h in expired
         ]
-        await kafka.publish(
-            self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in letters]
-        )
         DEAD_LETTERS.labels(HELD_SOURCE).inc(len(letters))
         log.warning(
             "push: results whose task never came are dead letters",
             count=len(letters),
             first=letters[0].reason,
         )
+        return [(self.names["dead-letters"], d.key, d.to_json()) for d in letters]

@@ -15,6 +15,7 @@ from adapters.centers import CenterStore
 from adapters.store import Store
 from consumers.centers import CenterPush
 from consumers.verdicts import VerdictProcessor
+from producers.relay import Relay
 from spotcheck.centers import CenterRequest, Filters, delivery_id
 from spotcheck.events import DeadLetter, SamplingTask
 from spotcheck.settings import Settings
@@ -47,6 +48,8 @@ async def start_push(
     settings: Settings, store: Store, producer: AIOKafkaProducer
 ) -> AsyncIterator[StartPush]:
     running: list[CenterPush] = []
+    relay = Relay(settings, store, producer)  # publishes the dead letters and attempts they store
+    await relay.start()
 
     async def start(**overrides: Any) -> CenterPush:
         push = CenterPush(
@@ -61,6 +64,7 @@ async def start_push(
     for push in running:
         if push.running:
             await asyncio.wait_for(push.stop(), 30)
+    await relay.stop()
 
 
 async def subscribe(

@@ -26,6 +26,7 @@ from adapters.centers import CenterStore, NewDelivery
 from adapters.embedded import free_port
 from adapters.store import Store
 from consumers.centers import CenterPush, Dispatcher
+from producers.relay import Relay
 from spotcheck.centers import (
     EVENT_HEADER,
     IDEMPOTENCY_HEADER,
@@ -188,6 +189,8 @@ async def start_push(
     settings: Settings, store: Store, producer: AIOKafkaProducer
 ) -> AsyncIterator[StartPush]:
     started: list[CenterPush] = []
+    relay = Relay(settings, store, producer)  # publishes the attempts and dead letters they store
+    await relay.start()
 
     async def start(**overrides: Any) -> CenterPush:
         push = CenterPush(
@@ -201,6 +204,7 @@ async def start_push(
     yield start
     for push in started:
         await asyncio.wait_for(push.stop(), 30)
+    await relay.stop()
 
 
 # --- helpers --------------------------------------------------------------------------------------
