@@ -31,11 +31,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication: int = Field(default=1, ge=1)
 
-    # Consumer groups. Short timeouts suit tansu (it joins a member after half the
-    # rebalance timeout); production on Apache Kafka keeps the client defaults.
-    session_timeout_ms: int = 10_000
+    # Consumer groups, tuned for the embedded broker. tansu drops a member that sent no heartbeat
+    # for the session timeout and answers a JoinGroup only after half of it (in whole seconds; the
+    # rebalance timeout plays no part), so a killed worker's partitions move in about 1.5 session
+    # timeouts plus a heartbeat interval (BENCHMARKS.md). Apache Kafka refuses session timeouts
+    # under its group.min.session.timeout.ms (6 s by default): deployments set their own (deploy/).
+    session_timeout_ms: int = 3_000
     rebalance_timeout_ms: int = 6_000
-    heartbeat_interval_ms: int = 2_000
+    heartbeat_interval_ms: int = 500
     one_record_batches: bool | None = None  # tansu watermark workaround; None = when embedded
 
     # The verdict processor.

@@ -1,4 +1,4 @@
-"""Nothing is lost across restarts, and results whose task never comes are dead-lettered."""
+"""Nothing is lost across restarts or a killed worker; results whose task never comes are dead-lettered."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -15,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from adapters.runtime import child_env, workers
 from adapters.store import Store
+from producers import bench
 from spotcheck.settings import Settings
 from tests.integration.helpers import (
     TOKEN,
@@ -64,6 +67,22 @@ async def test_a_restarted_processor_rebuilds_samples_from_the_store(
             second = await eventually(lambda: verdict_of(http, task["task_id"], version=2))
             assert second["verdict"]["outcome"] == "qualified"
             assert await dead_letters(http) == []
+
+
+async def test_a_verdict_worker_killed_mid_stream_leaves_every_verdict_stored_once(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    """Two `spotcheck run verdicts` processes share the group; one is killed (SIGKILL) while lab
+    results stream in, whatever it was doing; the survivor takes its partitions over."""
+    load = bench.workload(120, 0.1, ZoneInfo(settings.timezone), seed=5)
+    run = await bench.failover(settings, tmp_path, load, rate=30.0)
+    assert run.killed, "the killed worker held no partition"
+    assert run.first_verdict >= 0, "no verdict on the killed worker's partitions after the kill"
+    stored = await store.list_verdicts(all_versions=True, limit=10 * len(load.tasks))
+    assert Counter(v["task_id"] for v in stored) == {t.task_id: 1 for t in load.tasks}
+    items = {t.task_id: len(t.items) for t in load.tasks}
+    assert all(v["version"] == 1 and len(v["result_ids"]) == items[v["task_id"]] for v in stored)
+    assert await store.dead_letters() == []
 
 
 async def _stored_results(store: Store, task_id: str, n: int) -> bool:
