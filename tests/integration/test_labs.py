@@ -226,7 +226,13 @@ async def test_a_lab_with_confluent_kafka_as_in_the_readme(
     )
 
     def publish() -> list[Any]:
-        producer = Producer({"bootstrap.servers": settings.bootstrap, "client.id": "LAB-2-lims"})
+        producer = Producer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "client.id": "LAB-2-lims",
+                "partitioner": "murmur2_random",
+            }
+        )
         errors: list[Any] = []
         for item, value in (("sulfur", "8.3"), ("cetane_number", "51.9")):
             body = result(task, item, value)
