@@ -24,20 +24,28 @@ log = structlog.get_logger(__name__)
 _MIGRATION_LOCK = 0x5C0_7C4EC  # pg_advisory_lock key: one migrator at a time
 
 
+# SQLSTATE classes and codes of failures that may pass if tried again: connection exceptions,
+# transaction rollbacks (serialization, deadlock), insufficient resources (too many connections,
+# disk full), operator intervention (shutdown, restart, a cancelled query), system errors, and a
+# lock not available now.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_CODES = frozenset({"55P03"})
+
+
 def translate(exc: BaseException) -> Exception:
     """A driver error as the project's own: transient ones may pass if tried again."""
+    if isinstance(exc, StoreError | TransientError):
+        return exc
     transient = (
         OSError,
         ConnectionError,
-        asyncpg.exceptions.ConnectionDoesNotExistError,
-        asyncpg.exceptions.CannotConnectNowError,
-        asyncpg.exceptions.TooManyConnectionsError,
-        asyncpg.exceptions.SerializationError,
-        asyncpg.exceptions.DeadlockDetectedError,
         asyncpg.exceptions.InterfaceError,
         TimeoutError,
     )
-    if isinstance(exc, transient):
+    state = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    if isinstance(exc, transient) or (
+        isinstance(state, str) and (state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES)
+    ):
         return TransientError(f"database unavailable: {exc}")
     return StoreError(f"database error: {exc}")
 

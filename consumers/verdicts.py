@@ -88,10 +88,12 @@ class VerdictProcessor(BatchConsumer):
     async def handle(self, batch: Batch) -> None:
         try:
             out = await self._process(batch)
+            await self._emit(out)
         except BaseException:
-            self.cache.clear()  # a half-applied batch must not leave state behind
+            # Applied but not stored (the store write or the publish failed, or processing did):
+            # the cached samples are ahead of the store, so drop them; they are rebuilt from it.
+            self.cache.clear()
             raise
-        await self._emit(out)
 
     async def _process(self, batch: Batch) -> _Outcome:
         out = _Outcome()
