@@ -74,7 +74,7 @@ def unstorable_text(value: Any) -> tuple[str, str] | None:
     """The first text in `value` (a string, or one inside lists, mappings and models, keys included)
     that PostgreSQL cannot store: its dotted path ("" for `value` itself; a key's NUL shown as
     \\u0000) and the reason, e.g. ("results.0.result_id", "text holds a NUL character …")."""
-    return _find_unstorable(value, ())
+    return None if _storable(value) else _find_unstorable(value, ())
 
 
 def _storable(value: Any) -> bool:
