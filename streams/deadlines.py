@@ -14,7 +14,6 @@ refuses table writes from a timer: a write needs the partition of the event bein
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,14 +32,12 @@ from spotcheck.topics import ALERTS, CUSTODY, TASKS
 
 log = structlog.get_logger(__name__)
 
-DeadLetterFn = Callable[[faust.EventT, str], Awaitable[None]]
-
 
 def _state(value: dict[str, Any] | None, task_id: str) -> Deadlines:
     return Deadlines.from_json_dict(value["state"]) if value is not None else start(task_id)
 
 
-def attach(app: faust.App, settings: Settings, dead_letter: DeadLetterFn) -> None:
+def attach(app: faust.App, settings: Settings) -> None:
     """Register the deadline table, its agents and the overdue timer on `app`."""
     zone = ZoneInfo(settings.timezone)
     catalog = load_catalog()
@@ -63,7 +60,9 @@ def attach(app: faust.App, settings: Settings, dead_letter: DeadLetterFn) -> Non
             return None
 
     def feed(event: faust.EventT) -> None:
-        """Apply one task or custody step to its task's state (raises ValueError if it is invalid)."""
+        """Apply one task or custody step to its task's state (raises ValidationError if it does not
+        read as one: the verdict processor and the custody processor, owners of those topics,
+        dead-letter it)."""
         if event.message.topic == tasks_topic:
             task = SamplingTask.from_json(event.value)
             before = _state(table.get(task.task_id), task.task_id)
@@ -82,13 +81,10 @@ def attach(app: faust.App, settings: Settings, dead_letter: DeadLetterFn) -> Non
             kind = "task" if event.message.topic == tasks_topic else "custody step"
             try:
                 feed(event)
-            except ValidationError as exc:
-                await dead_letter(event, f"invalid {kind}: {describe_validation_error(exc)}")
-            except ValueError as exc:
-                await dead_letter(event, f"invalid {kind}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+            except ValidationError as exc:  # the topic's owner (not this processor) dead-letters it
+                log.debug(f"{kind} skipped: not readable", reason=describe_validation_error(exc))
+            except Exception:  # noqa: BLE001 - one bad event must not stop the agent
                 log.exception("deadlines not updated", topic=event.message.topic)
-                await dead_letter(event, f"deadline monitor failed on this {kind}: {exc!r}")
 
     @app.agent(checks)
     async def publish_overdue(stream: faust.StreamT[bytes]) -> None:

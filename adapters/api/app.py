@@ -27,7 +27,14 @@ from adapters.outbox import Outbox
 from adapters.store import Store
 from spotcheck.custody import IllegalTransition
 from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
-from spotcheck.events import DeadLetter, Outcome, SamplingTask, describe_validation_error, payload_text
+from spotcheck.events import (
+    DeadLetter,
+    Outcome,
+    SamplingTask,
+    describe_validation_error,
+    payload_text,
+    unstorable_text,
+)
 from spotcheck.labs import Lab
 from spotcheck.settings import Settings
 from spotcheck.tasks import TaskRequest, build_task
@@ -122,7 +129,7 @@ async def dead_letter_request(request: web.Request, key: str | None, reason: str
     request[DEAD_LETTERED] = True
     api = request.app[API]
     try:
-        raw = payload_text(await request.read())
+        raw: bytes | str = await request.read()  # kept byte for byte, NUL included
     except web.HTTPException:
         raw = "(body too large)"
     source = source_of(request)
@@ -132,7 +139,13 @@ async def dead_letter_request(request: web.Request, key: str | None, reason: str
             [(DEAD_LETTERS_TOPIC.full_name(api.settings), letter.key, letter.to_json())]
         )
     except SpotcheckError as exc:  # the caller still gets its answer; the log keeps the letter
-        log.error("dead letter not kept", source=source, reason=reason, error=str(exc), payload=raw[:2000])
+        log.error(
+            "dead letter not kept",
+            source=source,
+            reason=reason,
+            error=str(exc),
+            payload=payload_text(raw)[:2000],
+        )
         return
     DEAD_LETTERS.labels(source).inc()
 
@@ -188,13 +201,20 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def read_json(request: web.Request) -> Any:
+    """The body as JSON; text PostgreSQL cannot store (NUL, a lone surrogate), in any string or
+    name, is refused here with the field's path (422), before anything is published or stored."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     raw = await request.read()
-    try:
-        return json.loads(raw)
+    try:  # raw control characters in strings are let in only when a NUL byte is there: to name it
+        body = json.loads(raw, strict=b"\x00" not in raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    found = unstorable_text(body)
+    if found is not None:
+        where, problem = found
+        raise InvalidInput(f"{where or 'body'}: {problem}", field=where or "body")
+    return body
 
 
 async def create_task(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from adapters.runtime import child_env, workers
 from adapters.store import Store
@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     eventually,
     result,
     send,
+    topic_to_end,
     verdict_of,
 )
 
@@ -107,7 +108,7 @@ async def test_results_for_a_task_that_never_comes_are_dead_lettered(
     assert view is None
 
 
-async def test_stream_processor_keeps_pass_rates_and_dead_letters_bad_verdicts(
+async def test_stream_processor_keeps_pass_rates_and_leaves_bad_verdicts_to_their_owner(
     settings: Settings, store: Store, lab: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     """The faust worker as `up` runs it: its own process, against the real broker and database."""
@@ -149,25 +150,17 @@ async def test_stream_processor_keeps_pass_rates_and_dead_letters_bad_verdicts(
             ("T-1", verdict("T-1", 2, "diesel", "qualified")),  # a correction
             ("T-2", verdict("T-2", 1, "diesel", "qualified")),  # a re-delivery
             ("T-4", b'{"schema": "verdict/1"}'),
+            ("T-4", verdict("T-4", 1, "gasoline", "qualified")),
         ):
-            await lab.send_and_wait(verdicts, value, key=key.encode())
+            await lab.send_and_wait(verdicts, value, key=key.encode(), partition=0)
 
         async def rates() -> dict[str, tuple[int, int]] | None:
             got = {r["product"]: (r["qualified"], r["unqualified"]) for r in await store.pass_rates()}
-            return got if got == {"diesel": (2, 0), "gasoline": (1, 0)} else None
+            return got if got == {"diesel": (2, 0), "gasoline": (2, 0)} else None
 
-        assert await eventually(rates, timeout=90)
-        watcher = AIOKafkaConsumer(
-            f"{settings.topic_namespace}.dead-letters",
-            bootstrap_servers=settings.bootstrap,
-            auto_offset_reset="earliest",
-        )
-        await watcher.start()
-        try:
-            letter = json.loads((await asyncio.wait_for(watcher.getone(), 30)).value)
-        finally:
-            await watcher.stop()
-        assert letter["source"] == verdicts and "invalid verdict" in letter["reason"]
+        assert await eventually(rates, timeout=90)  # so it went past the bad one (one partition)
+        # the verdicts' owner (the center push, not running here) dead-letters a bad verdict, once
+        assert await topic_to_end(settings, "dead-letters") == []
         assert "streams" in await store.live_components(30)
     finally:
         proc.send_signal(signal.SIGTERM)
