@@ -150,7 +150,7 @@ async def verdict_stored(store: Store, task_id: str) -> dict[str, Any] | None:
 
 @asynccontextmanager
 async def platform(
-    settings: Settings, roles: tuple[str, ...] = ("api", "verdicts", "sink", "push", "custody")
+    settings: Settings, roles: tuple[str, ...] = ("api", "relay", "verdicts", "sink", "push", "custody")
 ) -> AsyncIterator[dict[str, BatchConsumer]]:
     """The platform's in-process workers, started when the test wants (after it published); yields
     the consumers by role, each in its group."""

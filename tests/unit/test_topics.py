@@ -17,6 +17,7 @@ from spotcheck.topics import (
     DRAWS,
     LAB_RESULTS,
     REGISTRY,
+    RELAY_EPOCHS,
     TASKS,
     VERDICTS,
     owner_of,
@@ -33,7 +34,12 @@ def test_every_input_topic_has_its_owner() -> None:
 
 
 def test_output_only_topics_say_so() -> None:
-    assert {t.name for t in CATALOG if t.output_only} == {DELIVERIES.name, REGISTRY.name, DRAWS.name}
+    assert {t.name for t in CATALOG if t.output_only} == {
+        DELIVERIES.name,
+        REGISTRY.name,
+        DRAWS.name,
+        RELAY_EPOCHS.name,
+    }
     assert all(t.owner is None for t in CATALOG if t.output_only)
 
 
