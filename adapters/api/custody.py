@@ -95,12 +95,13 @@ class InspectorTokens(BaseModel):
 
 
 def _may_see(who: Principal, custody: TaskCustody) -> None:
-    """Inspectors see the tasks they are assigned to, labs the tasks sent to them, the admin all."""
+    """Inspectors see the tasks they are assigned to, labs the tasks sent to them, the admin all.
+    Checked before anything else of the request, and the refusal tells nothing of the task."""
     task = custody.task
     if who.kind == "inspector" and who.inspector_id not in custody.assigned:
-        raise Forbidden(f"inspector {who.inspector_id} is not assigned to task {task.task_id}")
+        raise Forbidden(f"task {task.task_id} is not assigned to inspector {who.inspector_id}")
     if who.kind == "lab" and who.lab_id != task.lab_id:
-        raise Forbidden(f"task {task.task_id} is assigned to lab {task.lab_id}, not {who.lab_id}")
+        raise Forbidden(f"task {task.task_id} is not assigned to lab {who.lab_id}")
 
 
 def _actor(who: Principal, named: str | None) -> tuple[str, Role]:
