@@ -19,12 +19,17 @@ ACTOR_KINDS = ("admin", "lab", "inspector", "anonymous")
 
 def scrub(value: Any) -> Any:
     """`value` without any field that holds a secret (a key, a key's hash, a center's secret), at
-    any depth: what the audit log keeps of a thing."""
+    any depth, and with NUL characters (which PostgreSQL cannot store) spelled out: what the audit
+    log keeps of a thing."""
     if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if k not in SECRET_FIELDS}
+        return {_text(k): scrub(v) for k, v in value.items() if k not in SECRET_FIELDS}
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
-    return value
+    return _text(value) if isinstance(value, str) else value
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\\x00")
 
 
 @dataclass(frozen=True)
@@ -81,20 +86,25 @@ class AuditLog:
     async def add(self, entry: Entry, conn: asyncpg.Connection | None = None) -> int:
         """Append `entry`; in `conn`'s transaction when given (it is kept only if that commits)."""
         args = (
-            entry.request_id,
-            entry.actor_kind,
-            entry.actor_id,
-            entry.named_actor,
-            entry.method,
-            entry.route,
-            entry.path[:2000],
-            entry.target_id,
+            *(
+                _text(v) if v is not None else None
+                for v in (
+                    entry.request_id,
+                    entry.actor_kind,
+                    entry.actor_id,
+                    entry.named_actor,
+                    entry.method,
+                    entry.route,
+                    entry.path[:2000],
+                    entry.target_id,
+                )
+            ),
             entry.status,
             _jsonb(entry.before),
             _jsonb(entry.after),
             _jsonb(entry.detail),
             entry.remote,
-            entry.client[:300] if entry.client else None,
+            _text(entry.client[:300]) if entry.client else None,
         )
         if conn is not None:
             return int(await conn.fetchval(_INSERT, *args))

@@ -32,7 +32,7 @@ from adapters.outbox import Outbox
 from adapters.store import Store
 from adapters.store import translate as translate_db_error
 from spotcheck.custody import IllegalTransition
-from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, TransientError
+from spotcheck.errors import Forbidden, InvalidInput, NotFound, SpotcheckError, StoreError, TransientError
 from spotcheck.events import DeadLetter, Outcome, SamplingTask, describe_validation_error, payload_text
 from spotcheck.labs import Lab
 from spotcheck.settings import Settings
@@ -361,6 +361,9 @@ async def _answer(request: web.Request, handler: Handler) -> tuple[web.StreamRes
     except NotFound as exc:
         return error(404, str(exc)), True
     except Exception as exc:  # noqa: BLE001 - nothing leaves the API but a JSON answer
+        cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+        if isinstance(cause, asyncpg.DataError):  # e.g. a NUL character: the input's fault
+            return error(422, f"the platform cannot store this input: {str(cause).splitlines()[0]}"), True
         seen = _as_project_error(exc)
         if isinstance(seen, TransientError):
             return _unavailable(request, seen), True
@@ -430,6 +433,16 @@ def _time_param(query: Any, name: str) -> datetime | None:
     return moment
 
 
+def _bool_param(query: Any, name: str) -> bool | None:
+    """A yes-or-no filter: `true` or `false` (any case); None when not given."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if raw.lower() not in {"true", "false"}:
+        raise InvalidInput(f"{name} must be true or false, got {raw[:40]!r}", field=name)
+    return bool(raw.lower() == "true")
+
+
 def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
@@ -468,7 +481,7 @@ async def list_verdicts(request: web.Request) -> web.Response:
         spec=q.get("spec"),
         since=_time_param(q, "since"),
         until=_time_param(q, "until"),
-        all_versions=q.get("all_versions", "false").lower() in {"1", "true", "yes"},
+        all_versions=bool(_bool_param(q, "all_versions")),
         limit=_int_param(q, "limit", 100, 1, 1000),
         offset=_int_param(q, "offset", 0, 0, 10_000_000),
     )

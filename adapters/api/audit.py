@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from adapters.api import openapi
-from adapters.api.app import API, WRITES, _audit_log, _int_param, _time_param
+from adapters.api.app import API, WRITES, _audit_log, _bool_param, _int_param, _time_param
 from adapters.audit import ACTOR_KINDS
 from spotcheck.errors import InvalidInput
 
@@ -55,15 +55,6 @@ class AuditList(BaseModel):
     count: int
 
 
-def _boolean(query: Any, name: str) -> bool | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    if raw.lower() not in {"true", "false"}:
-        raise InvalidInput(f"{name} must be true or false", field=name)
-    return raw.lower() == "true"
-
-
 async def list_audit(request: web.Request) -> web.Response:
     q = request.query
     unknown = sorted(set(q) - FILTERS)
@@ -82,7 +73,7 @@ async def list_audit(request: web.Request) -> web.Response:
         method=method.upper() if method else None,
         target_id=q.get("target_id"),
         status=_int_param(q, "status", 0, 100, 599) if "status" in q else None,
-        refused=_boolean(q, "refused"),
+        refused=_bool_param(q, "refused"),
         since=_time_param(q, "since"),
         until=_time_param(q, "until"),
         before_seq=_int_param(q, "before", 0, 1, 2**62) if "before" in q else None,

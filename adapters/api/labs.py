@@ -42,7 +42,7 @@ class LabUpdate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     scope: tuple[ScopeEntry, ...] = Field(min_length=1)
-    daily_capacity: int = Field(default=50, ge=0, description="samples the lab can take a day")
+    daily_capacity: int = Field(default=50, ge=0, strict=True, description="samples the lab can take a day")
     contact: str | None = Field(default=None, max_length=200)
 
 
@@ -53,7 +53,7 @@ class LabPatch(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     scope: tuple[ScopeEntry, ...] | None = Field(default=None, min_length=1)
-    daily_capacity: int | None = Field(default=None, ge=0)
+    daily_capacity: int | None = Field(default=None, ge=0, strict=True)
     contact: str | None = Field(default=None, max_length=200)
 
 

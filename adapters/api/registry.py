@@ -19,6 +19,7 @@ from spotcheck.errors import InvalidInput
 from spotcheck.events import DeadLetter
 from spotcheck.registry import (
     ID_FIELDS,
+    PLURALS,
     Enterprise,
     EnterpriseKind,
     Inspector,
@@ -295,8 +296,9 @@ def register(app: web.Application) -> None:
     api = app[API]
     app[REGISTRY_KEY] = Registry(RegistryStore(api.store), publisher(api.settings))
     r = app.router
-    r.add_post("/api/v1/registry/{kind}", upsert_records, name="registry:upsert")
-    r.add_delete("/api/v1/registry/{kind}/{record_id}", remove_record, name="registry:remove")
+    kinds = "{kind:" + "|".join(PLURALS) + "}"  # only these: /registry/as-of is another route
+    r.add_post(f"/api/v1/registry/{kinds}", upsert_records, name="registry:upsert")
+    r.add_delete(f"/api/v1/registry/{kinds}/{{record_id}}", remove_record, name="registry:remove")
     r.add_get("/api/v1/registry/as-of", as_of, name="registry:as_of")
     r.add_get("/api/v1/enterprises", list_enterprises, name="enterprises:list")
     r.add_get("/api/v1/enterprises/{enterprise_id}", get_enterprise, name="enterprises:get")
@@ -307,7 +309,7 @@ def register(app: web.Application) -> None:
 
 
 PAGING = (openapi.LIMIT, openapi.Param("offset", "for paging", openapi.integer(0, 10_000_000, 0)))
-KINDS = (("kind", openapi.one_of("enterprises", "inspectors", "products")),)
+KINDS = (("kind", openapi.one_of(*PLURALS)),)
 openapi.DOCS.update(
     {
         "registry:upsert": openapi.RouteDoc(

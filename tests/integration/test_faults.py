@@ -228,3 +228,24 @@ async def test_aiohttps_own_refusals_are_json(bare_api: tuple[str, web.Applicati
     async with aiohttp.ClientSession(base) as anonymous:
         status, body, _ = await _call(anonymous, "GET", "/nowhere")
         assert status == 404, body
+
+
+async def test_what_the_fuzzer_found_is_refused_as_input(bare_api: tuple[str, web.Application]) -> None:
+    base, _ = bare_api
+    async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
+        nul = {"lab_id": "LAB-N", "name": "nul", "scope": [{"product": "motor\u0000diesel"}]}
+        status, body, _ = await _call(admin, "POST", "/api/v1/labs", json=nul)
+        assert status == 422 and "cannot store" in body["error"], body
+        status, body, headers = await _call(admin, "POST", "/api/v1/registry/as-of")
+        assert status == 405 and headers["Allow"] == "GET, HEAD", body
+        status, body, _ = await _call(
+            admin,
+            "PUT",
+            "/api/v1/labs/LAB-1",
+            json={"name": "x", "scope": [{"spec": "*"}], "daily_capacity": False},
+        )
+        assert status == 422 and body["field"] == "daily_capacity", body
+        status, body, _ = await _call(admin, "GET", "/api/v1/verdicts", params={"all_versions": "1.5e16"})
+        assert status == 422 and body["field"] == "all_versions", body
+        status, body, _ = await _call(admin, "GET", "/api/v1/audit", params={"route": "labs:create"})
+    assert status == 200 and body["entries"][0]["status"] == 422, body
