@@ -371,6 +371,8 @@ async def failover(settings: Settings, folder: Path, load: Workload, rate: float
         await register_demo_labs(store)
         producer = kafka.producer(settings, linger_ms=0)
         await producer.start()
+        relay = Relay(settings, store, producer)  # the workers' verdicts leave through the outbox
+        await relay.start()
         workers = [VerdictWorker(settings, folder / f"verdicts-{n}.log") for n in (1, 2)]
         seen: list[tuple[str, str, int, int]] = []
         watching = asyncio.create_task(_watch_verdicts(settings, seen))
@@ -418,6 +420,7 @@ async def failover(settings: Settings, folder: Path, load: Workload, rate: float
             for w in workers:
                 if w.proc.poll() is None:
                     await w.stop()
+            await relay.stop()
             await producer.stop()
 
     taken = [at for at, parts in survivor.assignments() if at >= killed_at and killed <= parts]

@@ -31,7 +31,7 @@ class Health(BaseModel):
         description="unavailable (503): some check is down; degraded (200): some check needs attention"
     )
     checks: dict[str, CheckState] = Field(
-        description="each check with its state (and counts for the outbox and the quarantine)"
+        description="each check with its state (and counts for the outbox and the records set aside)"
     )
 
 
@@ -62,7 +62,7 @@ async def _database(api: Api) -> Check:
 
 
 async def _platform(api: Api) -> dict[str, Check]:
-    """The outbox's backlog, each worker's heartbeat and the quarantine, in one transaction."""
+    """The outbox's backlog, each worker's heartbeat and the records set aside, in one transaction."""
     checks: dict[str, Check] = {}
     async with api.store.transaction() as conn:
         backlog = await conn.fetchrow(
@@ -77,9 +77,10 @@ async def _platform(api: Api) -> dict[str, Check]:
             " WHERE component = ANY($1) GROUP BY component",
             list(api.components),
         )
-        quarantined = None
-        if await conn.fetchval("SELECT to_regclass('quarantine') IS NOT NULL"):
-            quarantined = await conn.fetchval("SELECT count(*) FROM quarantine")
+        quarantined = await conn.fetchval(  # records a consumer could not process and set aside
+            "SELECT count(*) FROM dead_letters WHERE reason LIKE 'set aside by %'"
+            " AND rejected_at > now() - interval '1 hour'"
+        )
     oldest = float(backlog["oldest"]) if backlog["oldest"] is not None else None
     outbox: Check = {"state": "up", "unpublished": backlog["n"], "failed": failed}
     if oldest is not None:
@@ -101,11 +102,13 @@ async def _platform(api: Api) -> dict[str, Check]:
             checks[component] = {"state": "down", "reason": f"no heartbeat for {last:.0f} s"}
         else:
             checks[component] = {"state": "up"}
-    if quarantined is not None:
-        held: Check = {"state": "up", "records": quarantined}
-        if quarantined:
-            held.update(state="degraded", reason=f"{quarantined} record(s) held in quarantine")
-        checks["quarantine"] = held
+    held: Check = {"state": "up", "set_aside_last_hour": quarantined}
+    if quarantined:
+        held.update(
+            state="degraded",
+            reason=f"{quarantined} record(s) set aside by a consumer in the last hour (see the dead letters)",
+        )
+    checks["set-aside"] = held
     return checks
 
 
@@ -121,7 +124,7 @@ def _answer(checks: dict[str, Check]) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """The whole platform: broker, database, the outbox, every worker's heartbeat, the quarantine."""
+    """The whole platform: broker, database, the outbox, every worker's heartbeat, records set aside."""
     api = request.app[API]
     broker, database = await asyncio.gather(_bounded(lambda: _broker(api)), _bounded(lambda: _database(api)))
     checks = {"broker": broker, "database": database}
@@ -148,7 +151,8 @@ def register(app: web.Application) -> None:
 openapi.DOCS.update(
     {
         "health": openapi.RouteDoc(
-            "The whole platform: broker, database, outbox backlog, workers' heartbeats, quarantine. "
+            "The whole platform: broker, database, outbox backlog, workers' heartbeats, records set aside "
+            "in the last hour. "
             "503 when some check is down, with the reason",
             response=Health,
             public=True,

@@ -52,6 +52,7 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
                 "center-push": {"state": "up"},
                 "custody": {"state": "up"},
                 "streams": {"state": "down", "reason": "no heartbeat seen"},
+                "set-aside": {"state": "up", "set_aside_last_hour": 0},
             }
 
 

@@ -103,6 +103,7 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
             "center-push": "up",
             "custody": "up",
             "streams": "up",
+            "set-aside": "up",
         }
         assert _get(f"{base}/api/v1/verdicts")[0] == 401
         verdicts = _wait(
