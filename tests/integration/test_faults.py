@@ -4,12 +4,11 @@ with a request id the log names; aiohttp's own refusals (413, 404, 405) are JSON
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -25,60 +24,9 @@ from adapters.labs import LabStore
 from adapters.runtime import WORKER_COMPONENTS, workers
 from adapters.store import Store
 from spotcheck.settings import Settings
-from tests.integration.helpers import TOKEN, create_task, result
+from tests.integration.helpers import TOKEN, CuttableProxy, create_task, proxied_url, result
 
 pytestmark = pytest.mark.integration
-
-
-class CuttableProxy:
-    """A TCP proxy to PostgreSQL that a test can cut (every connection dropped, new ones refused)
-    and put back on the same port."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-                await writer.drain()
-        writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._open |= {writer, up_writer}
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._open -= {writer, up_writer}
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._open):
-            writer.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def restore(self) -> None:
-        await self.start()
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
 
 
 @pytest.fixture
@@ -89,7 +37,7 @@ async def outage(settings: Settings, store: Store) -> AsyncIterator[tuple[Cuttab
     proxy = CuttableProxy(real.hostname or "127.0.0.1", real.port or 5432)
     await proxy.start()
     proxied = settings.model_copy(
-        update={"database_url": SecretStr(_via(settings.database_url.get_secret_value(), proxy.port))}
+        update={"database_url": SecretStr(proxied_url(settings.database_url.get_secret_value(), proxy.port))}
     )
     async with workers(proxied, ("api",), TOKEN):
         yield proxy, proxied
