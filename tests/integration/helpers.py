@@ -248,3 +248,16 @@ def proxied_url(url: str, port: int) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     host = f"127.0.0.1:{port}"
     return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+def report_figures(what: str, **figures: Any) -> None:
+    """Print a fault test's figures, and append them as a JSON line to the file named by
+    SPOTCHECK_FIGURES_FILE when set (RELIABILITY.md quotes them)."""
+    import os
+
+    line = " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+    print(f"figures {what}: {line}")
+    target = os.environ.get("SPOTCHECK_FIGURES_FILE")
+    if target:
+        with open(target, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"what": what, **figures, "at": datetime.now(UTC).isoformat()}) + "\n")

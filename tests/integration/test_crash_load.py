@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from producers.bench import isolated_up_env
-from tests.integration.helpers import GASOLINE_ITEMS
+from tests.integration.helpers import GASOLINE_ITEMS, report_figures
 from tests.integration.test_up import _get, _post, _start_up, _wait
 
 pytestmark = pytest.mark.integration
@@ -160,11 +160,17 @@ async def test_every_accepted_result_survives_a_graceful_stop_and_a_crash_under_
             except AssertionError:
                 stored, judged, extra = _count_stored(base, token, load)
             complete = sum(1 for t in load.tasks if sum(1 for v in load.accepted.values() if v == t) == 3)
-            print(
-                f"figures {name} under load: sent={load.sent} accepted={len(load.accepted)} "
-                f"stored={stored} lost={len(load.accepted) - stored} complete_tasks={complete} "
-                f"verdicts={judged} duplicate_verdicts={extra} refused_requests={load.failed_requests} "
-                f"restart_to_healthy={recovered_in:.1f}s"
+            report_figures(
+                f"{name} of up under HTTP load, then restart",
+                sent=load.sent,
+                accepted=len(load.accepted),
+                stored=stored,
+                lost=len(load.accepted) - stored,
+                complete_samples=complete,
+                verdicts=judged,
+                duplicate_verdicts=extra,
+                requests_refused_while_down=load.failed_requests,
+                restart_to_healthy_s=round(recovered_in, 1),
             )
             assert stored == len(load.accepted), (
                 f"{name}: {len(load.accepted) - stored} accepted results lost"

@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     eventually,
     proxied_url,
     read_topic,
+    report_figures,
     result,
     send,
 )
@@ -93,11 +94,18 @@ async def test_a_database_outage_mid_stream_loses_nothing_and_judges_each_sample
             repeats = sum(
                 n - 1 for n in Counter(json.loads(r.value)["verdict_id"] for r in on_topic).values()
             )
-            print(
-                f"figures database outage {OUTAGE_SECONDS:.0f}s: sent={len(sent)} stored={stored} "
-                f"lost={len(sent) - stored} verdicts={versions} samples={TASKS} dead_letters={letters} "
-                f"set_aside={set_aside} verdict_messages_repeated={repeats} "
-                f"outage={back_at - cut_at:.1f}s recovered_in={recovered:.1f}s"
+            report_figures(
+                f"database outage of {OUTAGE_SECONDS:.0f} s mid-stream",
+                sent=len(sent),
+                stored=stored,
+                lost=len(sent) - stored,
+                samples=TASKS,
+                verdicts=versions,
+                dead_letters=letters,
+                set_aside=set_aside,
+                verdict_messages_repeated=repeats,
+                outage_s=round(back_at - cut_at, 1),
+                recovered_s=round(recovered, 1),
             )
             assert stored == len(sent), f"{len(sent) - stored} results lost"
             assert versions == TASKS, "a sample judged more than once"
