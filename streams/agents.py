@@ -15,6 +15,7 @@ from spotcheck.events import DeadLetter, Verdict, describe_validation_error
 from spotcheck.settings import Settings
 from spotcheck.topics import DEAD_LETTERS, VERDICTS
 from streams import cases, deadlines
+from streams.rebuild import started
 
 log = structlog.get_logger(__name__)
 
@@ -25,13 +26,13 @@ def attach(app: faust.App, settings: Settings) -> None:
     """Register the monitors on `app`."""
     if settings.database_url is None:
         raise ValueError("the stream processor needs SPOTCHECK_DATABASE_URL")
-    store = Store(settings.database_url.get_secret_value(), max_size=2)
+    store = Store(settings.database_url.get_secret_value(), max_size=4)
     beat = Heartbeat(store, COMPONENT, f"{socket.gethostname()}:{app.conf.id}")
 
     @app.service
     class StoreService(Service):  # noqa: F841 - registered by the decorator
         async def on_start(self) -> None:
-            await store.start()
+            await started(store)
 
         async def on_stop(self) -> None:
             await store.stop()
@@ -59,7 +60,7 @@ def attach(app: faust.App, settings: Settings) -> None:
         )
         await dead_letters.send(key=event.key, value=letter.to_json())
 
-    deadlines.attach(app, settings, dead_letter)
+    deadlines.attach(app, settings, store, dead_letter)
     cases.attach(app, settings, store, dead_letter)
 
     async def track(verdict: Verdict) -> None:
