@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         description="how long a task with no deadline left stays in the deadline table (a late "
         "message or a rebuild then finds it finished) before it is dropped",
     )
+    stream_outcome_window_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="how long each task's latest verdict is remembered, so that a verdict counted "
+        "once in the pass rates is never counted again",
+    )
 
     # Demo simulator.
     demo_rate: float = Field(default=2.0, gt=0, description="simulated samples per second")
