@@ -7,6 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_IN = Counter("spotcheck_events_in_total", "Events consumed, by topic", ["topic"])
 EVENTS_OUT = Counter("spotcheck_events_out_total", "Events produced, by topic", ["topic"])
 DEAD_LETTERS = Counter("spotcheck_dead_letters_total", "Inputs rejected, by source", ["source"])
+QUARANTINED = Counter(
+    "spotcheck_quarantined_total",
+    "Records a consumer could not process (not retriable, or still failing past the retry limit),"
+    " set aside as dead letters so that the rest of their batch goes on",
+    ["group", "topic"],
+)
 VERDICT_LATENCY = Histogram(
     "spotcheck_verdict_latency_seconds",
     "From the broker timestamp of a sample's last result to its verdict being published",

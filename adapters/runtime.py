@@ -113,6 +113,8 @@ async def infrastructure(
                 owned.listens("broker", broker.host, broker.port)
                 await asyncio.to_thread(broker.wait_ready)
             updates["kafka_bootstrap"] = broker.bootstrap
+            if settings.one_record_batches is None:  # the workers see a configured broker from here on
+                updates["one_record_batches"] = True
         if settings.embedded_database:
             database = EmbeddedPostgres(
                 settings.state_dir.resolve() / "pgdata", settings.embedded_db_port, durable=durable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,22 +25,38 @@ log = structlog.get_logger(__name__)
 _MIGRATION_LOCK = 0x5C0_7C4EC  # pg_advisory_lock key: one migrator at a time
 
 
+# SQLSTATE classes and codes of failures that may pass if tried again: connection exceptions,
+# transaction rollbacks (serialization, deadlock), insufficient resources (too many connections,
+# disk full), operator intervention (shutdown, restart, a cancelled query), system errors, and a
+# lock not available now.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_CODES = frozenset({"55P03"})
+
+
 def translate(exc: BaseException) -> Exception:
     """A driver error as the project's own: transient ones may pass if tried again."""
+    if isinstance(exc, StoreError | TransientError):
+        return exc
     transient = (
         OSError,
         ConnectionError,
-        asyncpg.exceptions.ConnectionDoesNotExistError,
-        asyncpg.exceptions.CannotConnectNowError,
-        asyncpg.exceptions.TooManyConnectionsError,
-        asyncpg.exceptions.SerializationError,
-        asyncpg.exceptions.DeadlockDetectedError,
         asyncpg.exceptions.InterfaceError,
         TimeoutError,
     )
-    if isinstance(exc, transient):
+    state = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    if isinstance(exc, transient) or (
+        isinstance(state, str) and (state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES)
+    ):
         return TransientError(f"database unavailable: {exc}")
     return StoreError(f"database error: {exc}")
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` as a text column takes it: NUL and lone surrogates written as \\uXXXX escapes."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @dataclass(frozen=True)
@@ -347,13 +364,26 @@ class Store:
     # --- dead letters and heartbeats --------------------------------------------------------
 
     async def save_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Store dead letters once each (by letter_id), whatever they hold: the payload's bytes in
+        `raw`, the text columns with what PostgreSQL cannot store escaped."""
         if not letters:
             return
         async with self._conn() as conn:
             await conn.executemany(
-                "INSERT INTO dead_letters (letter_id, source, key, reason, payload, rejected_at)"
-                " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (letter_id) DO NOTHING",
-                [(d.letter_id, d.source, d.key, d.reason, d.payload, d.rejected_at) for d in letters],
+                "INSERT INTO dead_letters (letter_id, source, key, reason, payload, raw, rejected_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (letter_id) DO NOTHING",
+                [
+                    (
+                        storable(d.letter_id),
+                        storable(d.source),
+                        storable(d.key) if d.key is not None else None,
+                        storable(d.reason),
+                        storable(d.payload),
+                        d.raw(),
+                        d.rejected_at,
+                    )
+                    for d in letters
+                ],
             )
 
     async def heartbeat(self, component: str, instance: str) -> None:

@@ -1,6 +1,8 @@
 """Center push: matching verdicts and raw results are queued per center in PostgreSQL (the
 outbox), then POSTed, signed, by one task per center, retried with backoff, dead-lettered when
-the retry limit is reached. Consuming never waits for a center, and no center waits for another."""
+the retry budget (a time) is spent. Consuming never waits for a center, and no center waits for
+another. (Over 400 lines: the consumer that queues and the dispatcher that sends are one worker,
+read together.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -17,19 +19,23 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from adapters import kafka
-from adapters.centers import CenterStore, Claimed, NewDelivery
+from adapters import outbox
+from adapters.centers import CenterStore, Claimed, HeldResult, NewDelivery, Released
 from adapters.metrics import DEAD_LETTERS
+from adapters.outbox import Outbox
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
 from spotcheck.centers import (
     DeliveryAttempt,
     EventKind,
+    RetryPolicy,
     Subscription,
-    backoff,
     delivery_id,
     envelope,
     request_headers,
+    route_result,
+    span,
+    verdict_waits,
 )
 from spotcheck.events import DeadLetter, LabResult, Verdict, describe_validation_error
 from spotcheck.settings import Settings
@@ -41,6 +47,7 @@ log = structlog.get_logger(__name__)
 GROUP = "center-push"
 CLAIM_BATCH = 16  # deliveries of one center sent at once (never two of the same task)
 SUBSCRIPTIONS_TTL = 2.0  # seconds a read of the subscriptions is trusted
+HELD_SOURCE = "push"  # dead letters of results whose task never came
 
 PUSH_QUEUED = Counter(
     "spotcheck_push_queued_total", "Events matched to centers (re-consumed ones included)", ["center"]
@@ -81,6 +88,12 @@ class Dispatcher:
         self._owns_session = session is None
         self._topics = {t.name: t.full_name(settings) for t in (DELIVERIES, DEAD_LETTERS_TOPIC)}
         self._lease = settings.push_timeout_seconds * 2 + 10
+        self.retry = RetryPolicy(
+            initial=settings.push_backoff_initial_seconds,
+            maximum=settings.push_backoff_max_seconds,
+            retry_for=settings.push_retry_for_seconds,
+            max_attempts=settings.push_max_attempts,
+        )
         self._timeout = aiohttp.ClientTimeout(total=settings.push_timeout_seconds)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
@@ -150,7 +163,9 @@ class Dispatcher:
             wake.clear()
             try:
                 claim = uuid.uuid4().hex
-                claimed = await self.centers.claim(center_id, claim, CLAIM_BATCH, self._lease)
+                claimed = await self.centers.claim(
+                    center_id, claim, CLAIM_BATCH, self._lease, self.settings.result_grace_seconds
+                )
                 if claimed:
                     sent = await asyncio.gather(
                         *(self._send(d, claim) for d in claimed), return_exceptions=True
@@ -191,17 +206,13 @@ class Dispatcher:
     ) -> None:
         number = d.attempts + 1
         at = self.now()
+        started = d.round_started_at or at
         next_at: datetime | None = None
         if error is None:
             outcome = "delivered"
-        elif number >= self.settings.push_max_attempts:
-            outcome = "failed"
         else:
-            outcome = "retrying"
-            delay = backoff(
-                number, self.settings.push_backoff_initial_seconds, self.settings.push_backoff_max_seconds
-            )
-            next_at = at + timedelta(seconds=delay)
+            next_at = self.retry.next_attempt(started, at, number)
+            outcome = "retrying" if next_at is not None else "failed"
         attempt = DeliveryAttempt(
             attempt_id=uuid.uuid4().hex,
             delivery_id=d.delivery_id,
@@ -225,20 +236,19 @@ class Dispatcher:
                 f"push:{d.center_id}",
                 d.delivery_id,
                 envelope(d.event, d.delivery_id, d.payload),
-                f"gave up pushing {d.event} {d.event_id} to {d.url} after {number} attempts: {error}",
+                f"gave up pushing {d.event} {d.event_id} to {d.url} after {number} attempts"
+                f" in {span((at - started).total_seconds())}: {error}",
                 at,
                 origin=f"round {d.round}",
             )
 
-        async def publish(held: bool) -> None:
-            messages: list[tuple[str, str | None, bytes]] = [
-                (self._topics["deliveries"], d.center_id, attempt.to_json())
-            ]
+        def messages(held: bool) -> list[outbox.Message]:
+            out: list[outbox.Message] = [(self._topics["deliveries"], d.center_id, attempt.to_json())]
             if letter is not None and held:
-                messages.append((self._topics["dead-letters"], letter.key, letter.to_json()))
-            await kafka.publish_all(self.producer, messages)
+                out.append((self._topics["dead-letters"], letter.key, letter.to_json()))
+            return out
 
-        held = await self.centers.record_attempt(attempt, claim, publish)
+        held = await self.centers.record_attempt(attempt, claim, messages)
         PUSH_ATTEMPTS.labels(d.center_id, outcome).inc()
         if letter is not None and held:
             DEAD_LETTERS.labels(letter.source).inc()
@@ -249,7 +259,12 @@ class Dispatcher:
 
 class CenterPush(BatchConsumer):
     """Consumes verdicts and lab results in group `center-push` and queues one delivery per
-    matching (center, event); its Dispatcher sends them. Re-consuming an event queues nothing new."""
+    matching (center, event); its Dispatcher sends them. Re-consuming an event queues nothing new.
+
+    A raw result whose task is not stored yet is held in PostgreSQL for the centers whose filters
+    need its spec, decided once the task is stored, and dead-lettered after the grace period. A
+    verdict queued for a center that takes results waits for the results it lists (the claim
+    sees to it), even those consumed after it."""
 
     def __init__(
         self,
@@ -269,6 +284,7 @@ class CenterPush(BatchConsumer):
         self._refresh = refresh_seconds
         self._subscriptions: list[Subscription] = []
         self._read_at = -math.inf
+        self._swept_at = -math.inf
 
     async def start(self) -> None:
         await self.dispatcher.start()
@@ -291,9 +307,6 @@ class CenterPush(BatchConsumer):
 
     def knows(self, center_id: str) -> bool:
         return any(s.center_id == center_id for s in self._subscriptions)
-
-    async def idle(self) -> None:
-        await self.subscriptions()
 
     async def handle(self, batch: Batch) -> None:
         subscriptions = await self.subscriptions()
@@ -327,8 +340,11 @@ class CenterPush(BatchConsumer):
                     continue  # the verdict processor, which owns lab results, dead-letters it
                 events.append(("lab-result", result, record.value.decode()))
 
-        results = [e for kind, e, _ in events if kind == "lab-result"]
-        specs = await self.centers.task_specs(e.task_id for e in results) if results else {}
+        # A result's spec is its task's: a result whose task is not stored yet (or whose task has
+        # earlier results still held) is held for the centers whose filters need the spec.
+        task_ids = {e.task_id for _, e, _ in events}
+        specs, held = await self.centers.task_context(task_ids) if want_results and task_ids else ({}, set())
+        holding: list[HeldResult] = []
         queued: list[NewDelivery] = []
         for kind, event, payload in events:
             if isinstance(event, Verdict):
@@ -337,8 +353,12 @@ class CenterPush(BatchConsumer):
                 ]
                 event_id = event.verdict_id
             else:
-                spec = specs.get(event.task_id)
-                targets = [s for s in want_results if s.filters.matches(spec=spec)]
+                decidable = event.task_id in specs and event.task_id not in held
+                route = route_result(want_results, specs.get(event.task_id), decidable)
+                if route.undecided:
+                    holding.append(HeldResult(event.result_id, event.task_id, payload, self.now()))
+                    held.add(event.task_id)
+                targets = list(route.now)
                 event_id = event.result_id
             queued.extend(
                 NewDelivery(
@@ -348,17 +368,75 @@ class CenterPush(BatchConsumer):
                     kind,
                     event_id,
                     payload,
+                    verdict_waits(s, event.result_ids) if isinstance(event, Verdict) else (),
                 )
                 for s in targets
             )
 
         if letters:
-            await kafka.publish(
-                self.producer, self.names["dead-letters"], [(d.key, d.to_json()) for d in letters]
-            )
+            await Outbox(self.store).send([(self.names["dead-letters"], d.key, d.to_json()) for d in letters])
             for letter in letters:
                 DEAD_LETTERS.labels(letter.source).inc()
-        await self.centers.enqueue(queued)
+        await self.centers.enqueue(queued, holding)
+        self._queued(queued)
+        verdict_tasks = {e.task_id for kind, e, _ in events if kind == "verdict"}
+        known = {t for t in held if t in specs or t in verdict_tasks}
+        if known:  # their held results are decided now, before the next batch
+            self._queued(await self.centers.release_held(self._route_held, known))
+
+    async def idle(self) -> None:
+        """Reads the subscriptions when due, and every poll interval decides the held results
+        whose task is stored now and dead-letters those past the grace period."""
+        await self.subscriptions()
+        if time.monotonic() - self._swept_at < self.settings.push_poll_seconds:
+            return
+        self._swept_at = time.monotonic()
+        self._queued(await self.centers.release_held(self._route_held))
+        cutoff = self.now() - timedelta(seconds=self.settings.result_grace_seconds)
+        await self.centers.expire_held(cutoff, self._reject_held)
+
+    def _route_held(self, released: Sequence[Released]) -> list[NewDelivery]:
+        """The deliveries of held results whose task is known now (centers that took one
+        already, before its task was known, are not sent it twice: same delivery id)."""
+        return [
+            NewDelivery(
+                delivery_id(s.center_id, "lab-result", r.result.result_id),
+                s.center_id,
+                r.result.task_id,
+                "lab-result",
+                r.result.result_id,
+                r.result.payload,
+            )
+            for r in released
+            for s in route_result(self._subscriptions, r.spec, decidable=True).now
+        ]
+
+    def _queued(self, queued: Sequence[NewDelivery]) -> None:
         for center_id in {d.center_id for d in queued}:
             PUSH_QUEUED.labels(center_id).inc(sum(1 for d in queued if d.center_id == center_id))
             self.dispatcher.wake(center_id)
+
+    def _reject_held(self, expired: list[HeldResult]) -> list[outbox.Message]:
+        """Results whose task never came: no spec or product filter could decide them."""
+        waiting = [s.center_id for s in self._subscriptions if s.include_results and s.filters.needs_spec]
+        to = f" to {', '.join(waiting)}" if waiting else ""
+        grace = self.settings.result_grace_seconds
+        letters = [
+            DeadLetter.of(
+                HELD_SOURCE,
+                h.task_id,
+                h.payload,
+                f"result {h.result_id} not pushed{to}: no task {h.task_id} was stored within {grace:g}s,"
+                " so the centers' spec and product filters could not decide it",
+                self.now(),
+                origin="held",
+            )
+            for h in expired
+        ]
+        DEAD_LETTERS.labels(HELD_SOURCE).inc(len(letters))
+        log.warning(
+            "push: results whose task never came are dead letters",
+            count=len(letters),
+            first=letters[0].reason,
+        )
+        return [(self.names["dead-letters"], d.key, d.to_json()) for d in letters]

@@ -30,7 +30,7 @@ from spotcheck.samples import Rejected, SampleState
 from spotcheck.settings import Settings
 from spotcheck.specs import load_catalog
 from spotcheck.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
-from spotcheck.topics import LAB_RESULTS, TASKS, VERDICTS
+from spotcheck.topics import LAB_RESULTS, TASKS, VERDICTS, owner_of
 
 log = structlog.get_logger(__name__)
 
@@ -87,10 +87,12 @@ class VerdictProcessor(BatchConsumer):
     async def handle(self, batch: Batch) -> None:
         try:
             out = await self._process(batch)
+            await self._emit(out)
         except BaseException:
-            self.cache.clear()  # a half-applied batch must not leave state behind
+            # Applied but not stored (the store write or the publish failed, or processing did):
+            # the cached samples are ahead of the store, so drop them; they are rebuilt from it.
+            self.cache.clear()
             raise
-        await self._emit(out)
 
     async def _process(self, batch: Batch) -> _Outcome:
         out = _Outcome()
@@ -145,6 +147,8 @@ class VerdictProcessor(BatchConsumer):
         return out
 
     def _decode(self, record: ConsumerRecord[bytes, bytes], out: _Outcome) -> SamplingTask | LabResult | None:
+        """The record as its topic's model (schema name and version checked by the model); one that
+        does not read as such is a dead letter when this processor owns the topic (it owns both)."""
         model = SamplingTask if record.topic == self.names["tasks"] else LabResult
         try:
             if record.value is None:
@@ -152,6 +156,9 @@ class VerdictProcessor(BatchConsumer):
             return model.model_validate_json(record.value)
         except (ValidationError, ValueError) as exc:
             reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            if owner_of(self.settings, record.topic) != GROUP:
+                log.debug("record skipped: not readable", topic=record.topic, reason=reason)
+                return None
             out.letters.append(
                 DeadLetter.of(
                     record.topic,

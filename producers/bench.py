@@ -1,4 +1,8 @@
-"""Benchmarks: the verdict pipeline against a bare aiokafka passthrough, and verdict latency."""
+"""Benchmarks: the verdict pipeline against a bare aiokafka passthrough, latency, start-up, failover.
+
+Over 400 lines: the benchmarks share the stack, the workload and the processes they start, and
+`spotcheck bench` runs each of them from here.
+"""
 
 from __future__ import annotations
 
@@ -64,12 +68,7 @@ def workload(samples: int, fail_share: float, zone: ZoneInfo, seed: int = 7) -> 
 async def bench_stack(settings: Settings, state: Path) -> AsyncIterator[Settings]:
     """Fresh topics (and an embedded broker and database unless configured) for one run."""
     broker = pg = None
-    updates: dict[str, object] = {
-        "topic_namespace": f"bench{uuid.uuid4().hex[:8]}",
-        "session_timeout_ms": 6000,
-        "rebalance_timeout_ms": 3000,
-        "heartbeat_interval_ms": 500,
-    }
+    updates: dict[str, object] = {"topic_namespace": f"bench{uuid.uuid4().hex[:8]}"}
     try:
         if settings.embedded_broker:
             broker = EmbeddedBroker("127.0.0.1", free_port(), state / "broker.log")
@@ -277,3 +276,164 @@ def startup(state: Path, demo: bool = False) -> tuple[float, float]:
             f"spotcheck up stopped with {code}:\n{(state.parent / 'up.log').read_text()[-2000:]}"
         )
     return healthy, time.perf_counter() - stopping
+
+
+class VerdictWorker:
+    """`spotcheck run verdicts` in a process of its own, as deployments run it, logging JSON lines."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        import subprocess
+        import sys
+
+        from adapters.runtime import child_env
+
+        env = child_env(settings) | {"SPOTCHECK_LOG_JSON": "true", "SPOTCHECK_LOG_LEVEL": "INFO"}
+        self.log = log
+        self.topic = LAB_RESULTS.full_name(settings)
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spotcheck", "run", "verdicts"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def assignments(self) -> list[tuple[float, frozenset[int]]]:
+        """Every assignment so far: (unix time, partitions of lab-results), oldest first."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line) if line.startswith("{") else {}
+            except json.JSONDecodeError:  # the line being written
+                continue
+            if entry.get("event") == "partitions assigned":
+                at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+                parts = (p.rpartition(":") for p in entry["partitions"])
+                found.append((at, frozenset(int(n) for topic, _, n in parts if topic == self.topic)))
+        return found
+
+    def assigned(self) -> frozenset[int]:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"verdict worker exited with {self.proc.returncode}: see {self.log}")
+        found = self.assignments()
+        return found[-1][1] if found else frozenset()
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    async def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.proc.wait, 60)
+
+
+@dataclass(frozen=True)
+class Failover:
+    expected: int  # samples, one verdict each
+    stored: int  # samples with a stored verdict
+    duplicated: int  # stored verdicts beyond one per sample
+    resent: int  # verdicts on the topic more than once (at-least-once; the store keeps one)
+    killed: frozenset[int]  # partitions of the killed worker
+    reassigned: float  # seconds from the kill to the survivor's assignment of them
+    first_verdict: float  # seconds from the kill to the survivor's first verdict on one of them
+
+
+async def _watch_verdicts(settings: Settings, seen: list[tuple[str, str, int, int]]) -> None:
+    """Appends (task_id, verdict_id, partition, broker timestamp ms) of every verdict, until cancelled."""
+    watcher = AIOKafkaConsumer(
+        VERDICTS.full_name(settings), bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest"
+    )
+    await watcher.start()
+    try:
+        while True:
+            batch = await watcher.getmany(timeout_ms=200)
+            for records in batch.values():
+                for r in records:
+                    body = json.loads(r.value or b"{}")
+                    seen.append((body["task_id"], body["verdict_id"], r.partition, r.timestamp))
+    finally:
+        await watcher.stop()
+
+
+async def failover(settings: Settings, folder: Path, load: Workload, rate: float) -> Failover:
+    """Two verdict workers share the group; lab results stream in at `rate` samples a second; one
+    worker is killed (SIGKILL) when half the samples are sent. Waits until every sample has its
+    verdict stored (or none came for a minute) and says what the survivor took over, and when."""
+    assert settings.database_url is not None
+    async with Store(settings.database_url.get_secret_value()) as store:
+        await store.migrate()
+        await register_demo_labs(store)
+        producer = kafka.producer(settings, linger_ms=0)
+        await producer.start()
+        relay = Relay(settings, store, producer)  # the workers' verdicts leave through the outbox
+        await relay.start()
+        workers = [VerdictWorker(settings, folder / f"verdicts-{n}.log") for n in (1, 2)]
+        seen: list[tuple[str, str, int, int]] = []
+        watching = asyncio.create_task(_watch_verdicts(settings, seen))
+        try:
+            topic = TASKS.full_name(settings)
+            sent = [await producer.send(topic, t.to_json(), key=t.task_id.encode()) for t in load.tasks]
+            partition = {t.task_id: (await f).partition for t, f in zip(load.tasks, sent, strict=True)}
+            everything = frozenset(range(settings.topic_partitions))
+            deadline = time.monotonic() + 120
+            while True:  # until the two share the partitions
+                one, two = (w.assigned() for w in workers)
+                if one and two and not one & two and one | two == everything:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the workers did not share the partitions: {one}, {two}")
+                await asyncio.sleep(0.1)
+            victim, survivor = workers
+            killed: frozenset[int] = frozenset()
+            by_task: dict[str, list[tuple[str, bytes]]] = {}
+            for r in load.results:
+                by_task.setdefault(r.task_id, []).append((r.task_id, r.to_json()))
+            results_topic, started = LAB_RESULTS.full_name(settings), time.monotonic()
+            killed_at = 0.0
+            for n, task in enumerate(load.tasks):
+                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+                if n == len(load.tasks) // 2:
+                    killed, killed_at = victim.assigned(), time.time()
+                    victim.kill()
+                await kafka.publish(producer, results_topic, by_task[task.task_id])
+
+            count, progress_at = -1, time.monotonic()
+            while time.monotonic() - progress_at < 60:  # until every sample's verdict is in
+                stored = await store.list_verdicts(all_versions=True, limit=10 * len(load.tasks) + 10)
+                done = {v["task_id"] for v in stored}
+                if len(done) == len(load.tasks) and {s[0] for s in seen} >= done:
+                    break
+                if len(stored) != count:
+                    count, progress_at = len(stored), time.monotonic()
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # late re-sends
+            stored = await store.list_verdicts(all_versions=True, limit=10 * len(load.tasks) + 10)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            for w in workers:
+                if w.proc.poll() is None:
+                    await w.stop()
+            await relay.stop()
+            await producer.stop()
+
+    taken = [at for at, parts in survivor.assignments() if at >= killed_at and killed <= parts]
+    since = min(taken, default=killed_at)  # the survivor's verdicts, not the last ones of the dead
+    after = [ts / 1000 - killed_at for task_id, _, _, ts in seen if partition[task_id] in killed]
+    after = [s for s in after if s >= since - killed_at]
+    ids = [s[1] for s in seen]
+    return Failover(
+        expected=len(load.tasks),
+        stored=len({v["task_id"] for v in stored}),
+        duplicated=len(stored) - len({v["task_id"] for v in stored}),
+        resent=len(ids) - len(set(ids)),
+        killed=killed,
+        reassigned=(min(taken) - killed_at) if taken else float("nan"),
+        first_verdict=min(after) if after else float("nan"),
+    )

@@ -179,6 +179,15 @@ class LabGateway:
         catalog: Any,
     ) -> Outcome:
         rid = result.result_id
+        task = tasks.get(result.task_id)
+        if task is not None and task.lab_id != result.lab_id:  # ownership first: nothing of the task leaks
+            return Outcome(
+                where,
+                rid,
+                "forbidden",
+                f"task {result.task_id} is not assigned to lab {result.lab_id}",
+                "task_id",
+            )
         earlier = seen.get(rid)
         if earlier is not None or rid in stored:
             same = (
@@ -196,7 +205,6 @@ class LabGateway:
                 "content; send a correction with a new result_id and amends",
                 "result_id",
             )
-        task = tasks.get(result.task_id)
         if task is None:
             return Outcome(where, rid, "invalid", f"unknown task {result.task_id}", "task_id")
         if result.sample_id != task.sample_id:

@@ -1,5 +1,6 @@
-"""Push to quality-testing centers, the pure part: subscriptions and their filters, the signed
-request a center receives, the retry schedule, delivery ids and the delivery-attempt event."""
+"""Push to quality-testing centers, the pure part: subscriptions and their filters, which centers
+a result or a verdict goes to (and what it waits for), the signed request a center receives, the
+retry schedule, delivery ids and the delivery-attempt event."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -116,6 +119,11 @@ class Filters(BaseModel):
             return False
         return not (self.outcomes and outcome is not None and outcome not in self.outcomes)
 
+    @property
+    def needs_spec(self) -> bool:
+        """Whether deciding needs the event's spec (a raw result's comes from its task)."""
+        return bool(self.products or self.specs)
+
 
 class Subscription(BaseModel):
     """An enabled center as the push worker sees it."""
@@ -125,6 +133,37 @@ class Subscription(BaseModel):
     center_id: str
     filters: Filters
     include_results: bool = False
+
+
+@dataclass(frozen=True)
+class ResultRoute:
+    """Where a raw lab result goes: the centers it is queued for now, and the centers whose
+    filters cannot decide until its task is known (the result is held for them meanwhile)."""
+
+    now: tuple[Subscription, ...]
+    undecided: tuple[Subscription, ...]
+
+
+def route_result(subscriptions: Sequence[Subscription], spec: str | None, decidable: bool) -> ResultRoute:
+    """The centers taking results that a result goes to. `spec` is its task's; `decidable` says
+    whether the result may be decided now: its task is known and no earlier result of the task is
+    still held (a task's results are decided in the order they came). Until then, only filters
+    that do not look at the spec decide, and the others are left undecided."""
+    taking = [s for s in subscriptions if s.include_results]
+    if decidable:
+        return ResultRoute(tuple(s for s in taking if s.filters.matches(spec=spec)), ())
+    return ResultRoute(
+        tuple(s for s in taking if not s.filters.needs_spec and s.filters.matches(spec=None)),
+        tuple(s for s in taking if s.filters.needs_spec),
+    )
+
+
+def verdict_waits(subscription: Subscription, result_ids: Sequence[str]) -> tuple[str, ...]:
+    """The deliveries a verdict waits for at a center: those of the results it lists, when the
+    center takes results (a center receives a task's results before the verdict judged from them)."""
+    if not subscription.include_results:
+        return ()
+    return tuple(dict.fromkeys(delivery_id(subscription.center_id, "lab-result", r) for r in result_ids))
 
 
 def check_url(url: str) -> str:
@@ -179,10 +218,51 @@ def delivery_id(center_id: str, event: EventKind, event_id: str) -> str:
 def backoff(
     failures: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
 ) -> float:
-    """Seconds to wait after the `failures`-th failed attempt: exponential, capped, full jitter
-    (uniform in [0, min(maximum, initial * 2**(failures - 1))])."""
+    """Seconds to wait after the `failures`-th failed attempt: `initial` doubling up to `maximum`,
+    with jitter that keeps at least half of it (uniform in [ceiling / 2, ceiling])."""
     ceiling = min(maximum, initial * 2.0 ** min(max(failures - 1, 0), 64))
-    return rand() * ceiling
+    return ceiling * (0.5 + 0.5 * rand())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a failing delivery is tried: for `retry_for` seconds from the round's first
+    attempt (and, when `max_attempts` is set, no more attempts than that), backing off between
+    attempts. The last wait is cut to end at the deadline, so the final attempt is made there:
+    a delivery is never given up before its budget is spent, whatever the jitter drew."""
+
+    initial: float
+    maximum: float
+    retry_for: float
+    max_attempts: int | None = None
+
+    def next_attempt(
+        self,
+        started: datetime,
+        failed_at: datetime,
+        failures: int,
+        rand: Callable[[], float] = random.random,
+    ) -> datetime | None:
+        """When to try again after the `failures`-th failed attempt (made at `failed_at`) of a
+        round whose first attempt was at `started`; None when the delivery is given up."""
+        deadline = started + timedelta(seconds=self.retry_for)
+        if failed_at >= deadline or (self.max_attempts is not None and failures >= self.max_attempts):
+            return None
+        return min(
+            failed_at + timedelta(seconds=backoff(failures, self.initial, self.maximum, rand)), deadline
+        )
+
+
+def span(seconds: float) -> str:
+    """A duration for people: "0.4s", "42s", "5m 3s", "6h 0m"."""
+    if round(seconds, 1) < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def envelope(event: EventKind, delivery: str, data: str | dict[str, Any]) -> bytes:

@@ -42,3 +42,9 @@ class TransientError(SpotcheckError):
 
 class StoreError(SpotcheckError):
     """A database failure that retrying will not fix (a constraint, a bad query)."""
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether trying the same thing again may succeed: only errors marked `retriable` (a broker or a
+    database that does not answer now). Anything else fails the same way every time."""
+    return isinstance(exc, SpotcheckError) and exc.retriable

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -54,24 +57,127 @@ Measured = Annotated[
 Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store `text` (text columns and jsonb refuse U+0000; UTF-8 has no lone
+    surrogates), or None."""
+    if "\x00" in text:
+        return "holds a NUL character (U+0000), which cannot be stored"
+    if not text.isascii() and _SURROGATE.search(text):
+        return "holds a lone surrogate (U+D800-U+DFFF), which cannot be stored"
+    return None
+
+
+def unstorable_text(value: Any) -> tuple[str, str] | None:
+    """The first text in `value` (a string, or one inside lists, mappings and models, keys included)
+    that PostgreSQL cannot store: its dotted path ("" for `value` itself; a key's NUL shown as
+    \\u0000) and the reason, e.g. ("results.0.result_id", "text holds a NUL character …")."""
+    return None if _storable(value) else _find_unstorable(value, ())
+
+
+def _storable(value: Any) -> bool:
+    """The quick check behind `unstorable_text` (which then finds where and why); it runs on every
+    event read, so the common values (plain text, numbers, times, None) cost one type test."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value and (value.isascii() or _SURROGATE.search(value) is None)
+    if kind in _PLAIN or value is None:
+        return True
+    if kind is tuple or kind is list:
+        return all(map(_storable, value))
+    if kind is dict:
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, BaseModel):
+        return _storable_fields(value)
+    return True  # enums, numbers, times: nothing PostgreSQL would refuse
+
+
+def _storable_fields(model: BaseModel) -> bool:
+    for value in model.__dict__.values():  # `_storable` inlined for plain text, the common case
+        if type(value) is str:
+            if "\x00" in value or not (value.isascii() or _SURROGATE.search(value) is None):
+                return False
+        elif value is not None and type(value) not in _PLAIN and not _storable(value):
+            return False
+    return True
+
+
+_PLAIN = frozenset({int, float, bool, Decimal, datetime})
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p).replace("\x00", "\\u0000") for p in path)
+
+
+def _find_unstorable(value: Any, path: tuple[str | int, ...]) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        return (_dotted(path), f"text {problem}") if problem else None
+    pairs: Any
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        pairs = ((fields[name].alias or name, getattr(value, name)) for name in fields)
+    elif isinstance(value, Mapping):
+        pairs = value.items()
+    elif isinstance(value, list | tuple | set | frozenset):
+        pairs = enumerate(value)
+    else:
+        return None
+    for key, item in pairs:
+        if isinstance(key, str):
+            problem = _text_problem(key)
+            if problem:
+                return _dotted((*path, key)), f"the name {problem}"
+        found = _find_unstorable(item, (*path, key))
+        if found:
+            return found
+    return None
+
+
 class Event(BaseModel):
-    """Base of every topic value: frozen, strict about unknown fields, with a schema tag."""
+    """Base of every topic value: frozen, strict about unknown fields, with a schema tag.
+
+    `SCHEMA` is the version a model writes; `READS` lists the versions it reads (none listed: only
+    the one it writes). A value of another name or of a version not listed is refused, and so is
+    text PostgreSQL cannot store (NUL, lone surrogates), wherever it is in the value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
     SCHEMA: ClassVar[str]
+    READS: ClassVar[tuple[str, ...]] = ()
+    TEXT_MUST_BE_STORABLE: ClassVar[bool] = True
 
     schema_: str = Field(default="", alias="schema", validate_default=True)
+
+    @classmethod
+    def reads(cls) -> tuple[str, ...]:
+        """The schema versions this model reads."""
+        return cls.READS or (cls.SCHEMA,)
 
     @field_validator("schema_")
     @classmethod
     def _check_schema(cls, value: str) -> str:
-        """Absent: this model's schema. Present: the same name (any version may be read)."""
+        """Absent: this model's schema. Present: a version this model reads."""
         expected = cls.SCHEMA
         if not value:
             return expected
         if value.partition("/")[0] != expected.partition("/")[0]:
             raise ValueError(f"schema {value!r} is not {expected!r}")
+        if value not in cls.reads():
+            raise ValueError(
+                f"schema {value!r} is a version this platform does not read (it reads "
+                f"{', '.join(cls.reads())})"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Self:
+        if self.TEXT_MUST_BE_STORABLE and not _storable_fields(self):
+            found = unstorable_text(self)
+            if found is not None:
+                raise ValueError(f"{found[0]}: {found[1]}")
+        return self
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
@@ -95,6 +201,7 @@ class SamplingTask(Event):
     """A sampling task: which enterprise's product is sampled, against which spec, tested where."""
 
     SCHEMA: ClassVar[str] = "task/1"
+    READS: ClassVar[tuple[str, ...]] = ("task/1",)
 
     task_id: Ident
     sample_id: Ident
@@ -117,6 +224,7 @@ class LabResult(Event):
     """One measured test item, as a lab sends it (DESIGN.md, 'A lab result')."""
 
     SCHEMA: ClassVar[str] = "lab-result/1"
+    READS: ClassVar[tuple[str, ...]] = ("lab-result/1",)
 
     result_id: Ident
     lab_id: Ident
@@ -178,6 +286,7 @@ class Verdict(Event):
     """The verdict of a sample; a correction produces a new version that supersedes the last."""
 
     SCHEMA: ClassVar[str] = "verdict/1"
+    READS: ClassVar[tuple[str, ...]] = ("verdict/1",)
 
     verdict_id: str
     task_id: Ident
@@ -196,16 +305,26 @@ class Verdict(Event):
 
 
 class DeadLetter(Event):
-    """Rejected input: the payload as received, where it came from and why it was refused."""
+    """Rejected input: the payload as received, where it came from and why it was refused. It carries
+    whatever was refused (NUL included); `raw()` gives the payload's bytes exactly."""
 
-    SCHEMA: ClassVar[str] = "dead-letter/1"
+    SCHEMA: ClassVar[str] = "dead-letter/2"
+    READS: ClassVar[tuple[str, ...]] = ("dead-letter/1", "dead-letter/2")  # /2: payload_base64
+    TEXT_MUST_BE_STORABLE: ClassVar[bool] = False
 
     letter_id: str
     source: str
     key: str | None = None
-    payload: str
+    payload: str  # as text: the bytes decoded as UTF-8, or shown escaped when they are not UTF-8
+    payload_base64: str | None = None  # the bytes, when they are not UTF-8 text
     reason: str
     rejected_at: AwareDatetime
+
+    def raw(self) -> bytes:
+        """The refused payload, byte for byte."""
+        if self.payload_base64 is not None:
+            return base64.b64decode(self.payload_base64)
+        return self.payload.encode("utf-8", "surrogatepass")
 
     @classmethod
     def of(
@@ -222,12 +341,16 @@ class DeadLetter(Event):
         two messages with the same content (for a topic: partition and offset)."""
         key_text = payload_text(key) if key is not None else None
         body = payload_text(payload)
-        digest = hashlib.sha256("\x1f".join((source, origin, key_text or "", body, reason)).encode())
+        binary = payload if isinstance(payload, bytes) and body.encode() != payload else None
+        digest = hashlib.sha256(
+            "\x1f".join((source, origin, key_text or "", body, reason)).encode("utf-8", "surrogatepass")
+        )
         return cls(
             letter_id=digest.hexdigest()[:32],
             source=source,
             key=key_text,
             payload=body,
+            payload_base64=None if binary is None else base64.b64encode(binary).decode(),
             reason=reason,
             rejected_at=rejected_at,
         )

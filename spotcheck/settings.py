@@ -31,11 +31,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication: int = Field(default=1, ge=1)
 
-    # Consumer groups. Short timeouts suit tansu (it joins a member after half the
-    # rebalance timeout); production on Apache Kafka keeps the client defaults.
-    session_timeout_ms: int = 10_000
+    # Consumer groups, tuned for the embedded broker. tansu drops a member that sent no heartbeat
+    # for the session timeout and answers a JoinGroup only after half of it (in whole seconds; the
+    # rebalance timeout plays no part), so a killed worker's partitions move in about 1.5 session
+    # timeouts plus a heartbeat interval (BENCHMARKS.md). Apache Kafka refuses session timeouts
+    # under its group.min.session.timeout.ms (6 s by default): deployments set their own (deploy/).
+    session_timeout_ms: int = 3_000
     rebalance_timeout_ms: int = 6_000
-    heartbeat_interval_ms: int = 2_000
+    heartbeat_interval_ms: int = 500
     one_record_batches: bool | None = None  # tansu watermark workaround; None = when embedded
 
     # The verdict processor.
@@ -58,8 +61,15 @@ class Settings(BaseSettings):
     lab_key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a verified key is trusted")
     registry_max_batch: int = Field(default=1000, ge=1, description="records per POST /api/v1/registry/…")
 
-    # Push to quality-testing centers.
-    push_max_attempts: int = Field(default=8, ge=1)
+    # Push to quality-testing centers. A failing delivery is retried for a time, not a number of
+    # attempts (a center down for an hour still gets everything), backing off from the initial
+    # wait, doubling, to the cap; a result waits up to result_grace_seconds for its task.
+    push_retry_for_seconds: float = Field(
+        default=21_600.0, gt=0, description="how long a failing delivery is retried before it fails"
+    )
+    push_max_attempts: int | None = Field(
+        default=None, ge=1, description="also give up after this many attempts (unset: time only)"
+    )
     push_backoff_initial_seconds: float = Field(default=1.0, gt=0)
     push_backoff_max_seconds: float = Field(default=300.0, gt=0)
     push_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -26,13 +26,13 @@ from adapters.store import Heartbeat, Store
 from adapters.stream_state import StreamRecord
 from spotcheck.events import DeadLetter, Verdict, describe_validation_error
 from spotcheck.settings import Settings
-from spotcheck.topics import DEAD_LETTERS, VERDICTS
+from spotcheck.topics import DEAD_LETTERS, STREAM_PROCESSOR, VERDICTS, owner_of
 from streams import cases, deadlines
 from streams.rebuild import Rebuild, partition_count, partition_of, patiently, started
 
 log = structlog.get_logger(__name__)
 
-COMPONENT = "streams"
+COMPONENT = STREAM_PROCESSOR
 
 
 def attach(app: faust.App, settings: Settings) -> None:
@@ -63,7 +63,12 @@ def attach(app: faust.App, settings: Settings) -> None:
     pruned: dict[int, float] = {}  # partition -> when its old recent outcomes were last dropped
 
     async def dead_letter(event: faust.EventT, reason: str) -> None:
+        """A dead letter of an input of a topic this processor owns (the catalog says which). A record
+        of a topic it only reads is that topic's owner's to dead-letter: skipped here, logged."""
         message = event.message
+        if owner_of(settings, message.topic) != COMPONENT:
+            log.debug("record skipped: its topic's owner dead-letters it", topic=message.topic, reason=reason)
+            return
         letter = DeadLetter.of(
             message.topic,
             event.key,
@@ -74,7 +79,7 @@ def attach(app: faust.App, settings: Settings) -> None:
         )
         await dead_letters.send(key=event.key, value=letter.to_json())
 
-    deadlines.attach(app, settings, store, dead_letter)
+    deadlines.attach(app, settings, store)
     cases.attach(app, settings, store, dead_letter)
 
     async def track(verdict: Verdict) -> None:
@@ -90,14 +95,13 @@ def attach(app: faust.App, settings: Settings) -> None:
         async for event in stream.events():
             try:
                 verdict = Verdict.from_json(event.value)
-            except ValueError as exc:
-                await dead_letter(event, f"invalid verdict: {describe_validation_error(exc)}")
+            except ValueError as exc:  # the verdicts' owner dead-letters it
+                log.debug("verdict skipped: not readable", reason=describe_validation_error(exc))
                 continue
             try:
                 await track(verdict)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
-                log.exception("verdict not tracked", task_id=verdict.task_id)
-                await dead_letter(event, f"monitor failed on this verdict: {exc!r}")
+            except Exception:  # noqa: BLE001 - one bad event must not stop the agent
+                log.exception("verdict not counted in the pass rates", task_id=verdict.task_id)
 
     def remember(task_id: str, version: int, outcome: str, partition: int) -> None:
         known = recent.get(task_id)

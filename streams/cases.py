@@ -156,8 +156,9 @@ def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLe
         async for event in stream.events():
             try:
                 found = verdict_input(Verdict.from_json(event.value))
-            except ValueError:
-                continue  # the pass-rate monitor dead-letters a bad verdict already
+            except ValueError as exc:  # the verdicts' owner dead-letters it
+                log.debug("verdict skipped: not readable", reason=describe_validation_error(exc))
+                continue
             if found is not None:
                 await forward(found)
 
@@ -186,8 +187,9 @@ def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLe
                 else:  # the step came before its task: it waits for it
                     waiting = list((task_index.get(step.task_id) or {}).get("refusals", []))
                     task_index[step.task_id] = {"refusals": [*waiting, step.to_json().decode()]}
-            except ValueError:
-                continue  # the deadline monitor and the custody processor dead-letter bad input
+            except ValueError as exc:  # the owners (verdict and custody processors) dead-letter it
+                log.debug("record skipped: not readable", topic=event.message.topic, reason=str(exc))
+                continue
             except Exception:  # noqa: BLE001 - one bad event must not stop the agent
                 log.exception("refusal not routed", topic=event.message.topic)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,14 +58,12 @@ from streams.rebuild import Backlog, Rebuild, partition_of, patiently
 
 log = structlog.get_logger(__name__)
 
-DeadLetterFn = Callable[[faust.EventT, str], Awaitable[None]]
-
 
 def _state(value: dict[str, Any] | None, task_id: str) -> Deadlines:
     return Deadlines.from_json_dict(value["state"]) if value is not None else start(task_id)
 
 
-def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLetterFn) -> None:
+def attach(app: faust.App, settings: Settings, store: Store) -> None:
     """Register the deadline table, its agents, the overdue timer and the table's rebuild on `app`."""
     zone, now = ZoneInfo(settings.timezone), clock_for(settings.clock_file)
     catalog = load_catalog()
@@ -135,8 +132,9 @@ def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLe
         return "finished" in value and time.time() - value["finished"] > keep_finished
 
     async def feed(event: faust.EventT) -> None:
-        """Apply one task, custody step or verdict to its task's state (raises ValueError if it is
-        invalid; a verdict that does not read is skipped: the pass-rate monitor dead-letters it)."""
+        """Apply one task, custody step or verdict to its task's state (raises ValidationError if it
+        does not read as one: the verdict processor and the custody processor, owners of those
+        topics, dead-letter it; a verdict that does not read is skipped here)."""
         topic = event.message.topic
         if topic == verdicts_topic:
             try:
@@ -171,13 +169,10 @@ def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLe
             kind = {tasks_topic: "task", verdicts_topic: "verdict"}.get(event.message.topic, "custody step")
             try:
                 await feed(event)
-            except ValidationError as exc:
-                await dead_letter(event, f"invalid {kind}: {describe_validation_error(exc)}")
-            except ValueError as exc:
-                await dead_letter(event, f"invalid {kind}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+            except ValidationError as exc:  # the topic's owner (not this processor) dead-letters it
+                log.debug(f"{kind} skipped: not readable", reason=describe_validation_error(exc))
+            except Exception:  # noqa: BLE001 - one bad event must not stop the agent
                 log.exception("deadlines not updated", topic=event.message.topic)
-                await dead_letter(event, f"deadline monitor failed on this {kind}: {exc!r}")
             backlog.seen(event)
 
     @app.agent(checks)

@@ -50,10 +50,14 @@ openapi.DOCS.update(
             "Overdue alerts, newest first: tasks not sampled or not reported by their due time",
             response=AlertList,
             query=(
-                ("kind", "sampling-overdue or report-overdue"),
+                openapi.Param(
+                    "kind",
+                    "sampling-overdue or report-overdue",
+                    openapi.one_of(*(k.value for k in AlertKind)),
+                ),
                 ("task_id", "one task"),
-                ("since", "detected at or after this ISO time with offset"),
-                ("limit", "1-1000, default 100"),
+                openapi.Param("since", "detected at or after this ISO time with offset", openapi.TIME),
+                openapi.LIMIT,
             ),
         ),
     }

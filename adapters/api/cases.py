@@ -5,16 +5,17 @@ and published for the stream processor, which decides."""
 from __future__ import annotations
 
 import html
+import json
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from adapters import outbox
 from adapters.api import openapi
-from adapters.api.app import API, _int_param, dead_letter_request, read_json
+from adapters.api.app import API, _int_param, audit_in, audit_note, dead_letter_request, read_json
 from adapters.cases import CaseStore
-from adapters.outbox import Outbox
 from spotcheck.case_model import CaseEvent, CaseInput, CaseState, InputKind
 from spotcheck.clock import Clock, clock_for
 from spotcheck.errors import InvalidInput
@@ -117,11 +118,20 @@ async def _conflict(request: web.Request, case: dict[str, Any], why: str) -> web
     return web.json_response({"error": reason, "field": "case_id", "state": case["state"]}, status=409)
 
 
+def _as_before(case: dict[str, Any]) -> dict[str, Any]:
+    """The case as the audit log keeps it before an input (without its history of events)."""
+    return {k: v for k, v in case.items() if k != "events"}
+
+
 async def _publish(request: web.Request, given: CaseInput) -> web.Response:
+    """The input queued for the stream processor (which decides) with its audit entry, in one
+    transaction; `after` in the audit log is the input, the case changes when it is processed."""
     api = request.app[API]
     topic = CASE_INPUTS.full_name(api.settings)
-    await Outbox(api.store).send([(topic, given.enterprise_id, given.to_json())])
     assert given.case_id is not None
+    async with api.store.transaction() as conn:
+        await outbox.add(conn, [(topic, given.enterprise_id, given.to_json())])
+        await audit_in(conn, request, 202, after=json.loads(given.to_json()))
     return web.json_response(
         Accepted(case_id=given.case_id, input_id=given.input_id).model_dump(), status=202
     )
@@ -131,6 +141,7 @@ async def object_to_result(request: web.Request) -> web.Response:
     """An objection within the window: the stream orders a re-test of the retained sample elsewhere."""
     body = ObjectionRequest.model_validate(await read_json(request))
     case = await request.app[CASES].get(request.match_info["case_id"])
+    audit_note(request, before=_as_before(case))
     now = request.app[CLOCK]()
     if case["state"] != CaseState.OBJECTION_WINDOW.value:
         return await _conflict(request, case, "an objection is taken only within the objection window")
@@ -152,6 +163,7 @@ async def notice_received(request: web.Request) -> web.Response:
     """The day the enterprise received the notice: the objection window runs from it."""
     body = NoticeReceived.model_validate(await read_json(request))
     case = await request.app[CASES].get(request.match_info["case_id"])
+    audit_note(request, before=_as_before(case))
     now = request.app[CLOCK]()
     if case["state"] != CaseState.OBJECTION_WINDOW.value:
         return await _conflict(request, case, "the notice's receipt is recorded within the objection window")
@@ -233,7 +245,11 @@ openapi.DOCS.update(
         "cases:list": openapi.RouteDoc(
             "Enforcement cases, newest first",
             response=CaseList,
-            query=(("state", "a case state"), ("enterprise_id", "one enterprise"), ("limit", "1-1000")),
+            query=(
+                openapi.Param("state", "a case state", openapi.one_of(*(s.value for s in CaseState))),
+                ("enterprise_id", "one enterprise"),
+                openapi.LIMIT,
+            ),
         ),
         "cases:get": openapi.RouteDoc("A case with its full history (every event)", response=CaseHistory),
         "cases:objection": openapi.RouteDoc(
@@ -241,17 +257,23 @@ openapi.DOCS.update(
             ObjectionRequest,
             Accepted,
             202,
+            errors=(409,),
         ),
         "cases:notice": openapi.RouteDoc(
             "Record when the enterprise received the notice (the objection window runs from it)",
             NoticeReceived,
             Accepted,
             202,
+            errors=(409,),
         ),
         "public:results": openapi.RouteDoc(
             "Public, read-only: final results as the law allows them to be shown (no token)",
             response=PublicResults,
-            query=(("product", "one product"), ("limit", "1-1000, default 200")),
+            query=(
+                ("product", "one product"),
+                openapi.Param("limit", "1-1000, default 200", openapi.integer(1, 1000, 200)),
+            ),
+            public=True,
         ),
     }
 )

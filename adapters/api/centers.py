@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.api import openapi
-from adapters.api.app import API, principal_of, read_json
+from adapters.api.app import API, audit_note, principal_of, read_json
 from adapters.centers import CenterStore
 from spotcheck.centers import CenterRequest, DeliveryState, EventKind, Filters, new_secret
 from spotcheck.errors import Forbidden, InvalidInput
@@ -105,7 +105,9 @@ async def create_center(request: web.Request) -> web.Response:
     centers = _centers(request)
     body = CenterRequest.model_validate(await read_json(request))
     secret = body.secret or new_secret()
+    audit_note(request, target_id=body.center_id)
     view = await centers.add(body, secret)
+    audit_note(request, after=view)  # never the secret
     log.info("center added", center_id=body.center_id, url=body.url)
     return web.json_response(
         {**view, "secret": secret},
@@ -124,7 +126,10 @@ async def get_center(request: web.Request) -> web.Response:
 
 
 async def disable_center(request: web.Request) -> web.Response:
-    view = await _centers(request).disable(request.match_info["center_id"])
+    centers = _centers(request)
+    before = await centers.center(request.match_info["center_id"])
+    view = await centers.disable(request.match_info["center_id"])
+    audit_note(request, before=before, after=view)
     log.info("center disabled", center_id=view["center_id"])
     return web.json_response(view)
 
@@ -164,6 +169,7 @@ async def redeliver(request: web.Request) -> web.Response:
         raise InvalidInput('give either "delivery_ids" or "all_failed": true', field="delivery_ids")
     center_id = request.match_info["center_id"]
     again = await centers.redeliver(center_id, body.delivery_ids)
+    audit_note(request, detail={"redelivered": again})
     log.info("deliveries put back", center_id=center_id, count=len(again))
     return web.json_response({"redelivered": again, "count": len(again)})
 
@@ -197,7 +203,12 @@ openapi.DOCS.update(
         "centers:deliveries": openapi.RouteDoc(
             "The center's deliveries, newest first",
             response=DeliveryList,
-            query=(("state", "pending, delivered or failed"), ("limit", "1-1000, default 100")),
+            query=(
+                openapi.Param(
+                    "state", "pending, delivered or failed", openapi.one_of(*(s.value for s in DeliveryState))
+                ),
+                openapi.LIMIT,
+            ),
         ),
         "centers:delivery": openapi.RouteDoc("One delivery with every attempt", response=DeliveryView),
         "centers:redeliver": openapi.RouteDoc(

@@ -10,18 +10,20 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from adapters import outbox
 from adapters.api import openapi, schemas
 from adapters.api.app import (
     API,
     INSPECTOR_ROUTES,
     LAB_ROUTES,
     Principal,
+    audit_in,
+    audit_note,
     dead_letter_request,
     principal_of,
     read_json,
 )
 from adapters.custody import CustodyStore
-from adapters.outbox import Outbox
 from spotcheck.custody import (
     CustodyStep,
     NotPermitted,
@@ -95,12 +97,13 @@ class InspectorTokens(BaseModel):
 
 
 def _may_see(who: Principal, custody: TaskCustody) -> None:
-    """Inspectors see the tasks they are assigned to, labs the tasks sent to them, the admin all."""
+    """Inspectors see the tasks they are assigned to, labs the tasks sent to them, the admin all.
+    Checked before anything else of the request, and the refusal tells nothing of the task."""
     task = custody.task
     if who.kind == "inspector" and who.inspector_id not in custody.assigned:
-        raise Forbidden(f"inspector {who.inspector_id} is not assigned to task {task.task_id}")
+        raise Forbidden(f"task {task.task_id} is not assigned to inspector {who.inspector_id}")
     if who.kind == "lab" and who.lab_id != task.lab_id:
-        raise Forbidden(f"task {task.task_id} is assigned to lab {task.lab_id}, not {who.lab_id}")
+        raise Forbidden(f"task {task.task_id} is not assigned to lab {who.lab_id}")
 
 
 def _actor(who: Principal, named: str | None) -> tuple[str, Role]:
@@ -153,9 +156,11 @@ async def _record(request: web.Request, task_id: str) -> web.Response:
         taken = custody.apply(step)  # IllegalTransition: 409 with the current state
     except NotPermitted as exc:
         raise Forbidden(str(exc)) from None
-    if taken:
-        await Outbox(api.store).send([(CUSTODY.full_name(api.settings), task_id, step.to_json())])
     answer = {"step": step.to_dict(), "state": custody.state.value, "duplicate": not taken}
+    async with api.store.transaction() as conn:
+        if taken:
+            await outbox.add(conn, [(CUSTODY.full_name(api.settings), task_id, step.to_json())])
+        await audit_in(conn, request, 202, target_id=task_id, after=answer)
     return web.json_response(answer, status=202)
 
 
@@ -204,6 +209,7 @@ async def my_tasks(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     made = await request.app[CUSTODY_STORE].create_token(request.match_info["inspector_id"])
+    audit_note(request, after={k: made[k] for k in ("inspector_id", "prefix", "created_at")})
     return web.json_response(made, status=201)
 
 
@@ -214,7 +220,12 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     prefix = request.match_info["prefix"]
-    await request.app[CUSTODY_STORE].revoke_token(request.match_info["inspector_id"], prefix)
+    inspector_id = request.match_info["inspector_id"]
+    store = request.app[CUSTODY_STORE]
+    before = next((t for t in await store.tokens(inspector_id) if t["prefix"] == prefix), None)
+    await store.revoke_token(inspector_id, prefix)
+    after = next((t for t in await store.tokens(inspector_id) if t["prefix"] == prefix), None)
+    audit_note(request, before=before, after=after)
     return web.json_response({"revoked": prefix})
 
 
@@ -248,16 +259,20 @@ openapi.DOCS.update(
             StepAnswer,
             202,
             labs=True,
+            inspectors=True,
+            errors=(409,),
         ),
         "custody:trail": openapi.RouteDoc(
             "The trail of a task's sample: its steps in time order and every gap (a changed or broken "
             "seal, a slow transit, a step by someone not assigned, a missing or out-of-order step)",
             response=Trail,
             labs=True,
+            inspectors=True,
         ),
         "inspectors:my_tasks": openapi.RouteDoc(
             "An inspector's token: the tasks assigned to that inspector, with state and due dates",
             response=InspectorTasks,
+            inspectors=True,
         ),
         "inspectors:tokens_create": openapi.RouteDoc(
             "A new API token for an inspector of the directory, shown once",
@@ -267,6 +282,6 @@ openapi.DOCS.update(
         "inspectors:tokens_list": openapi.RouteDoc(
             "An inspector's tokens by prefix", response=InspectorTokens
         ),
-        "inspectors:tokens_revoke": openapi.RouteDoc("Revoke an inspector's token"),
+        "inspectors:tokens_revoke": openapi.RouteDoc("Revoke an inspector's token", response=schemas.Revoked),
     }
 )

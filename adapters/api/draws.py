@@ -12,9 +12,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.api import openapi
-from adapters.api.app import API, _int_param, error, read_json
+from adapters.api.app import API, _int_param, audit_note, error, read_json
 from producers.scheduler import DrawConflict, Scheduler
-from spotcheck.errors import InvalidInput
+from spotcheck.errors import InvalidInput, NotFound
 from spotcheck.scheduling import Campaign, DrawRecord, DrawRequest
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
@@ -51,11 +51,12 @@ def _actor(request: web.Request) -> str:
     return request.headers.get("X-Spotcheck-Actor", "admin")[:128] or "admin"
 
 
-async def _conflict_as_409(call: Any) -> web.Response:
+async def _conflict_as_409(request: web.Request, call: Any) -> web.Response:
     try:
         record: DrawRecord = await call
     except DrawConflict as exc:
         return error(409, str(exc))
+    audit_note(request, target_id=record.draw_id, after=record.to_dict())
     return web.json_response(
         record.to_dict(), status=201, headers={"Location": f"/api/v1/draws/{record.draw_id}"}
     )
@@ -63,7 +64,7 @@ async def _conflict_as_409(call: Any) -> web.Response:
 
 async def run_draw(request: web.Request) -> web.Response:
     body = DrawRequest.model_validate(await read_json(request))
-    return await _conflict_as_409(request.app[SCHEDULER].run(body, _actor(request)))
+    return await _conflict_as_409(request, request.app[SCHEDULER].run(body, _actor(request)))
 
 
 async def list_draws(request: web.Request) -> web.Response:
@@ -89,26 +90,38 @@ async def cancel_draw(request: web.Request) -> web.Response:
     body = CancelRequest.model_validate(await read_json(request))
     if body.seed is not None:
         raise InvalidInput("a cancellation takes no seed", field="seed")
+    scheduler = request.app[SCHEDULER]
+    before = await scheduler.draws.record(request.match_info["draw_id"])
+    audit_note(request, before=before.to_dict())
     try:
-        record = await request.app[SCHEDULER].cancel(
-            request.match_info["draw_id"], body.reason, _actor(request)
-        )
+        record = await scheduler.cancel(request.match_info["draw_id"], body.reason, _actor(request))
     except DrawConflict as exc:
         return error(409, str(exc))
+    audit_note(request, after=record.to_dict())
     return web.json_response(record.to_dict())
 
 
 async def redraw(request: web.Request) -> web.Response:
     body = CancelRequest.model_validate(await read_json(request))
     scheduler = request.app[SCHEDULER]
-    return await _conflict_as_409(
-        scheduler.redraw(request.match_info["draw_id"], body.reason, _actor(request), body.seed)
+    before = await scheduler.draws.record(request.match_info["draw_id"])
+    audit_note(request, before=before.to_dict())
+    answer = await _conflict_as_409(
+        request, scheduler.redraw(request.match_info["draw_id"], body.reason, _actor(request), body.seed)
     )
+    audit_note(request, target_id=request.match_info["draw_id"])  # the draw redrawn; `after` the new one
+    return answer
 
 
 async def save_campaign(request: web.Request) -> web.Response:
     campaign = Campaign.model_validate(await read_json(request))
-    await request.app[SCHEDULER].draws.save_campaign(campaign)
+    draws = request.app[SCHEDULER].draws
+    try:
+        before: dict[str, Any] | None = (await draws.campaign(campaign.campaign_id)).model_dump(mode="json")
+    except NotFound:
+        before = None
+    await draws.save_campaign(campaign)
+    audit_note(request, target_id=campaign.campaign_id, before=before, after=campaign.model_dump(mode="json"))
     return web.json_response(campaign.model_dump(mode="json"), status=201)
 
 
@@ -119,6 +132,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
 
 async def run_due_rounds(request: web.Request) -> web.Response:
     records = await request.app[SCHEDULER].run_due_campaigns()
+    audit_note(request, after={r.draw_id: r.to_dict() for r in records})
     return web.json_response({"draws": [r.to_dict() for r in records]})
 
 
@@ -154,11 +168,12 @@ openapi.DOCS.update(
             DrawRequest,
             DrawRecord,
             201,
+            errors=(409,),
         ),
         "draws:list": openapi.RouteDoc(
             "Draws, newest first",
             response=DrawList,
-            query=(("campaign_id", "a campaign's rounds only"), ("limit", "1-1000, default 100")),
+            query=(("campaign_id", "a campaign's rounds only"), openapi.LIMIT),
         ),
         "draws:get": openapi.RouteDoc("A draw with its selections, unfilled places and exclusions"),
         "draws:inputs": openapi.RouteDoc(
@@ -166,13 +181,17 @@ openapi.DOCS.update(
             response=DrawInputs,
         ),
         "draws:cancel": openapi.RouteDoc(
-            "Cancel a draw whose samples are not taken yet, with the reason", CancelRequest, DrawRecord
+            "Cancel a draw whose samples are not taken yet, with the reason",
+            CancelRequest,
+            DrawRecord,
+            errors=(409,),
         ),
         "draws:redraw": openapi.RouteDoc(
             "Cancel a draw (if not yet) and draw its plan again with a new seed",
             CancelRequest,
             DrawRecord,
             201,
+            errors=(409,),
         ),
         "campaigns:save": openapi.RouteDoc("Add or update a special campaign", Campaign, Campaign, 201),
         "campaigns:list": openapi.RouteDoc("Special campaigns", response=CampaignList),

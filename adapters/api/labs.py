@@ -6,13 +6,23 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.api import openapi, schemas
-from adapters.api.app import API, LAB_ROUTES, Principal, error, principal_of, read_json
-from adapters.labs import LabStore
+from adapters.api.app import (
+    API,
+    LAB_ROUTES,
+    Principal,
+    audit_in,
+    audit_note,
+    error,
+    principal_of,
+    read_json,
+)
+from adapters.labs import UPDATABLE, LabExists, LabStore
 from producers.gateway import LabGateway
 from spotcheck.errors import Forbidden, InvalidInput, NotFound
-from spotcheck.labs import Lab, unknown_scope_items
+from spotcheck.labs import Lab, ScopeEntry, unknown_scope_items
 from spotcheck.specs import load_catalog
 
 LABS = web.AppKey("labs", LabStore)
@@ -24,13 +34,79 @@ def _lab_json(lab: Lab) -> dict[str, Any]:
     return lab.model_dump(mode="json", exclude_none=True)
 
 
-async def add_lab(request: web.Request) -> web.Response:
-    lab = Lab.model_validate(await read_json(request))
+class LabUpdate(BaseModel):
+    """A lab's new description (PUT: all of it; PATCH: the fields given). The id stays; enabling
+    and disabling have their own routes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scope: tuple[ScopeEntry, ...] = Field(min_length=1)
+    daily_capacity: int = Field(default=50, ge=0, strict=True, description="samples the lab can take a day")
+    contact: str | None = Field(default=None, max_length=200)
+
+
+class LabPatch(BaseModel):
+    """The fields of a lab to change; the others stay as they are."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    scope: tuple[ScopeEntry, ...] | None = Field(default=None, min_length=1)
+    daily_capacity: int | None = Field(default=None, ge=0, strict=True)
+    contact: str | None = Field(default=None, max_length=200)
+
+
+def _check_scope(lab: Lab) -> None:
     unknown = unknown_scope_items(lab, {code for spec in load_catalog().specs() for code in spec.codes})
     if unknown:
         raise InvalidInput(f"scope names unknown item(s): {', '.join(unknown)}", field="scope")
-    await request.app[LABS].save(lab)
-    return web.json_response(_lab_json(lab), status=201)
+
+
+async def add_lab(request: web.Request) -> web.Response:
+    """A new lab; 409 when the id is taken (a change is a PUT or a PATCH)."""
+    api = request.app[API]
+    lab = Lab.model_validate(await read_json(request))
+    _check_scope(lab)
+    audit_note(request, target_id=lab.lab_id)
+    try:
+        async with api.store.transaction() as conn:
+            await request.app[LABS].add(lab, conn)
+            await audit_in(conn, request, 201, after=_lab_json(lab))
+    except LabExists as exc:
+        return error(409, str(exc), "lab_id")
+    return web.json_response(_lab_json(lab), status=201, headers={"Location": f"/api/v1/labs/{lab.lab_id}"})
+
+
+async def _update(request: web.Request, change: dict[str, Any]) -> web.Response:
+    api = request.app[API]
+    lab_id = request.match_info["lab_id"]
+    labs = request.app[LABS]
+    async with api.store.transaction() as conn:
+        before = await labs.get(lab_id, conn, lock=True)
+        lab = Lab.model_validate({**before.model_dump(), **change})
+        _check_scope(lab)
+        after = await labs.update(lab, conn)
+        await audit_in(conn, request, 200, before=_lab_json(before), after=_lab_json(after))
+    return web.json_response(_lab_json(after))
+
+
+async def replace_lab(request: web.Request) -> web.Response:
+    """PUT: the lab's name, scope, capacity and contact, all of them."""
+    body = LabUpdate.model_validate(await read_json(request))
+    return await _update(request, body.model_dump())
+
+
+async def patch_lab(request: web.Request) -> web.Response:
+    """PATCH: only the fields given change."""
+    body = LabPatch.model_validate(await read_json(request))
+    change = body.model_dump(exclude_unset=True)
+    if not change:
+        raise InvalidInput(f"name at least one field to change: {', '.join(UPDATABLE)}", field="body")
+    nulls = sorted(k for k, v in change.items() if v is None and k != "contact")
+    if nulls:
+        raise InvalidInput(f"{nulls[0]} cannot be null", field=nulls[0])
+    return await _update(request, change)
 
 
 async def list_labs(request: web.Request) -> web.Response:
@@ -51,18 +127,33 @@ async def get_lab(request: web.Request) -> web.Response:
     return web.json_response(_lab_json(lab))
 
 
-async def disable_lab(request: web.Request) -> web.Response:
-    lab = await request.app[LABS].set_enabled(request.match_info["lab_id"], False)
+async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
+    lab_id = request.match_info["lab_id"]
+    labs = request.app[LABS]
+    async with request.app[API].store.transaction() as conn:
+        before = await labs.get(lab_id, conn, lock=True)
+        lab = await labs.set_enabled(lab_id, enabled, conn)
+        await audit_in(conn, request, 200, before=_lab_json(before), after=_lab_json(lab))
     return web.json_response(_lab_json(lab))
+
+
+async def disable_lab(request: web.Request) -> web.Response:
+    return await _set_enabled(request, False)
 
 
 async def enable_lab(request: web.Request) -> web.Response:
-    lab = await request.app[LABS].set_enabled(request.match_info["lab_id"], True)
-    return web.json_response(_lab_json(lab))
+    return await _set_enabled(request, True)
+
+
+def _key_info(made: dict[str, Any]) -> dict[str, Any]:
+    """A new key as the audit log keeps it: never the key itself."""
+    return {"lab_id": made["lab_id"], "prefix": made["prefix"], "created_at": made["created_at"]}
 
 
 async def create_key(request: web.Request) -> web.Response:
-    made = await request.app[LABS].create_key(request.match_info["lab_id"])
+    async with request.app[API].store.transaction() as conn:
+        made = await request.app[LABS].create_key(request.match_info["lab_id"], conn)
+        await audit_in(conn, request, 201, after=_key_info(made))
     return web.json_response(made, status=201)
 
 
@@ -72,12 +163,28 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    await request.app[LABS].revoke_key(request.match_info["lab_id"], request.match_info["prefix"])
-    return web.json_response({"revoked": request.match_info["prefix"]})
+    lab_id, prefix = request.match_info["lab_id"], request.match_info["prefix"]
+    async with request.app[API].store.transaction() as conn:
+        revoked = await request.app[LABS].revoke_key(lab_id, prefix, conn)
+        await audit_in(
+            conn, request, 200, before={**revoked, "revoked_at": None, "active": True}, after=revoked
+        )
+    return web.json_response({"revoked": prefix})
 
 
 async def rotate_key(request: web.Request) -> web.Response:
-    made = await request.app[LABS].rotate_key(request.match_info["lab_id"], request.match_info["prefix"])
+    lab_id, prefix = request.match_info["lab_id"], request.match_info["prefix"]
+    labs = request.app[LABS]
+    async with request.app[API].store.transaction() as conn:
+        revoked = await labs.revoke_key(lab_id, prefix, conn)
+        made = await labs.create_key(lab_id, conn)
+        await audit_in(
+            conn,
+            request,
+            201,
+            before={**revoked, "revoked_at": None, "active": True},
+            after={"revoked": revoked, "new": _key_info(made)},
+        )
     return web.json_response(made, status=201)
 
 
@@ -113,6 +220,11 @@ async def submit_results(request: web.Request) -> web.Response:
     if len(items) > limit:
         return error(413, f"a batch holds at most {limit} results, this one {len(items)}", "results")
     outcomes = await request.app[GATEWAY].submit(lab_id, list(enumerate(items)), "http:/api/v1/lab-results")
+    audit_note(
+        request,
+        target_id=outcomes[0].result_id if single else None,
+        detail={"lab_id": lab_id, "outcomes": {o.result_id or f"#{o.where}": o.status for o in outcomes}},
+    )
     if single:
         only = outcomes[0]
         if only.status in ("invalid", "forbidden"):
@@ -158,6 +270,8 @@ def register(app: web.Application) -> None:
     r.add_post("/api/v1/labs", add_lab, name="labs:create")
     r.add_get("/api/v1/labs", list_labs, name="labs:list")
     r.add_get("/api/v1/labs/{lab_id}", get_lab, name="labs:get")
+    r.add_put("/api/v1/labs/{lab_id}", replace_lab, name="labs:replace")
+    r.add_patch("/api/v1/labs/{lab_id}", patch_lab, name="labs:update")
     r.add_post("/api/v1/labs/{lab_id}/disable", disable_lab, name="labs:disable")
     r.add_post("/api/v1/labs/{lab_id}/enable", enable_lab, name="labs:enable")
     r.add_post("/api/v1/labs/{lab_id}/keys", create_key, name="labs:keys_create")
@@ -172,7 +286,17 @@ def register(app: web.Application) -> None:
 
 openapi.DOCS.update(
     {
-        "labs:create": openapi.RouteDoc("Add or update a lab and its accreditation scope", Lab, Lab, 201),
+        "labs:create": openapi.RouteDoc(
+            "Add a lab with its accreditation scope; 409 if the id is taken (update it with PUT or PATCH)",
+            Lab,
+            Lab,
+            201,
+            errors=(409,),
+        ),
+        "labs:replace": openapi.RouteDoc(
+            "Replace a lab's name, scope, capacity and contact (enabled stays as it is)", LabUpdate, Lab
+        ),
+        "labs:update": openapi.RouteDoc("Change the fields of a lab that are given", LabPatch, Lab),
         "labs:list": openapi.RouteDoc("Every lab of the registry", response=schemas.LabList),
         "labs:get": openapi.RouteDoc("One lab", response=Lab, labs=True),
         "labs:disable": openapi.RouteDoc("Disable a lab (keys stop working)", response=Lab),
@@ -181,7 +305,7 @@ openapi.DOCS.update(
             "A new API key, shown once", response=schemas.LabKey, status=201
         ),
         "labs:keys_list": openapi.RouteDoc("The lab's keys by prefix", response=schemas.LabKeys),
-        "labs:keys_revoke": openapi.RouteDoc("Revoke a key"),
+        "labs:keys_revoke": openapi.RouteDoc("Revoke a key", response=schemas.Revoked),
         "labs:keys_rotate": openapi.RouteDoc(
             "Revoke a key and make its replacement", response=schemas.LabKey, status=201
         ),
@@ -192,6 +316,7 @@ openapi.DOCS.update(
             schemas.IngestAnswer,
             202,
             labs=True,
+            headers=(openapi.Param(ON_BEHALF, "the admin token only: the lab the results are for"),),
         ),
         "lab_results:get": openapi.RouteDoc(
             "What the platform stored of a result (received, accepted, pending or rejected); 404 if "
@@ -203,7 +328,7 @@ openapi.DOCS.update(
             "Turnaround and backlog of a lab",
             response=schemas.LabStats,
             labs=True,
-            query=(("days", "window in days, default 30"),),
+            query=(openapi.Param("days", "window in days, default 30", openapi.integer(1, 366, 30)),),
         ),
     }
 )

@@ -11,14 +11,15 @@ from aiohttp import web
 from pydantic import BaseModel, Field, RootModel
 
 from adapters.api import openapi
-from adapters.api.app import API, _int_param, _time_param, error, read_json
+from adapters.api.app import API, _int_param, _time_param, audit_in, audit_note, error, read_json
 from adapters.metrics import DEAD_LETTERS
 from adapters.outbox import Outbox
-from adapters.registry import Publish, RegistryStore, publisher
+from adapters.registry import TABLES, Publish, RegistryStore, publisher
 from spotcheck.errors import InvalidInput
 from spotcheck.events import DeadLetter
 from spotcheck.registry import (
     ID_FIELDS,
+    PLURALS,
     Enterprise,
     EnterpriseKind,
     Inspector,
@@ -113,6 +114,31 @@ def _changed_by(request: web.Request) -> str:
     return f"admin ({what[:150]})" if what else "admin"
 
 
+def _audited(request: web.Request, kind: RecordKind, publish: Publish, status: int) -> Publish:
+    """`publish`, and the request's audit entry with each changed record before and after, in the
+    transaction that writes the changes (before they are written: the rows still hold the old)."""
+    table = TABLES[kind]
+
+    async def publish_and_audit(conn: Any, changes: list[RegistryChange]) -> None:
+        await publish(conn, changes)
+        rows = await conn.fetch(
+            f"SELECT {table.id_column} AS id, record::text AS record, removed_at FROM {table.name}"
+            f" WHERE {table.id_column} = ANY($1)",
+            [c.record_id for c in changes],
+        )
+        was = {r["id"]: json.loads(r["record"]) for r in rows if r["removed_at"] is None}
+        await audit_in(
+            conn,
+            request,
+            status,
+            before={c.record_id: was.get(c.record_id) for c in changes},
+            after={c.record_id: c.record for c in changes},
+            detail={"kind": kind, "versions": {c.record_id: c.version for c in changes}},
+        )
+
+    return publish_and_audit
+
+
 def _guess_id(kind: RecordKind, raw: Any) -> str | None:
     value = raw.get(ID_FIELDS[kind]) if isinstance(raw, dict) else None
     return value if isinstance(value, str) else None
@@ -155,8 +181,10 @@ async def upsert_records(request: web.Request) -> web.Response:
         await Outbox(api.store).send([(topic, key, value) for key, value in letters])
         DEAD_LETTERS.labels(source).inc(len(letters))
     registry = request.app[REGISTRY_KEY]
+    audit_note(request, target_id=plural)
+    publish = _audited(request, kind, registry.publish, 422 if letters else 200)
     done = await registry.store.upsert(
-        kind, [record for _, record in good], _changed_by(request), now, registry.publish
+        kind, [record for _, record in good], _changed_by(request), now, publish
     )
     for (index, record), (status, change) in zip(good, done, strict=True):
         answers[index] = RecordOutcome(
@@ -180,8 +208,14 @@ async def remove_record(request: web.Request) -> web.Response:
     if reason is not None and not 1 <= len(reason.strip()) <= 500:
         raise InvalidInput("reason must be 1 to 500 characters", field="reason")
     registry = request.app[REGISTRY_KEY]
+    audit_note(request, target_id=request.match_info["record_id"])
     change = await registry.store.remove(
-        kind, request.match_info["record_id"], _changed_by(request), api.now(), registry.publish, reason
+        kind,
+        request.match_info["record_id"],
+        _changed_by(request),
+        api.now(),
+        _audited(request, kind, registry.publish, 200),
+        reason,
     )
     return web.json_response(change.to_dict())
 
@@ -262,8 +296,9 @@ def register(app: web.Application) -> None:
     api = app[API]
     app[REGISTRY_KEY] = Registry(RegistryStore(api.store), publisher(api.settings))
     r = app.router
-    r.add_post("/api/v1/registry/{kind}", upsert_records, name="registry:upsert")
-    r.add_delete("/api/v1/registry/{kind}/{record_id}", remove_record, name="registry:remove")
+    kinds = "{kind:" + "|".join(PLURALS) + "}"  # only these: /registry/as-of is another route
+    r.add_post(f"/api/v1/registry/{kinds}", upsert_records, name="registry:upsert")
+    r.add_delete(f"/api/v1/registry/{kinds}/{{record_id}}", remove_record, name="registry:remove")
     r.add_get("/api/v1/registry/as-of", as_of, name="registry:as_of")
     r.add_get("/api/v1/enterprises", list_enterprises, name="enterprises:list")
     r.add_get("/api/v1/enterprises/{enterprise_id}", get_enterprise, name="enterprises:get")
@@ -273,7 +308,8 @@ def register(app: web.Application) -> None:
     r.add_get("/api/v1/products/{product}", get_product, name="products:get")
 
 
-PAGING = (("limit", "1-1000, default 100"), ("offset", "for paging"))
+PAGING = (openapi.LIMIT, openapi.Param("offset", "for paging", openapi.integer(0, 10_000_000, 0)))
+KINDS = (("kind", openapi.one_of(*PLURALS)),)
 openapi.DOCS.update(
     {
         "registry:upsert": openapi.RouteDoc(
@@ -282,16 +318,20 @@ openapi.DOCS.update(
             "letter); good records are applied even when some are rejected, and then the status is 422.",
             RecordBatch,
             UpsertAnswer,
+            path=KINDS,
+            headers=(openapi.Param(CHANGED_BY, "what the admin is doing (kept in the history)"),),
         ),
         "registry:remove": openapi.RouteDoc(
             "Remove a record from the directory (its history stays)",
             response=RegistryChange,
-            query=(("reason", "why, kept in the history"),),
+            query=(("reason", "why, kept in the history (1-500 characters)"),),
+            path=KINDS,
+            headers=(openapi.Param(CHANGED_BY, "what the admin is doing (kept in the history)"),),
         ),
         "registry:as_of": openapi.RouteDoc(
             "The directory as it stood at a time: counts and the snapshot digest",
             response=AsOf,
-            query=(("at", "ISO time with offset"),),
+            query=(openapi.Param("at", "ISO time with offset", openapi.TIME, required=True),),
         ),
         "enterprises:list": openapi.RouteDoc(
             "Enterprises in the directory",
@@ -299,7 +339,9 @@ openapi.DOCS.update(
             query=(
                 ("q", "a substring of the name or the unified social credit code"),
                 ("district", "district, exactly"),
-                ("kind", "producer, depot, filling-station or seller"),
+                openapi.Param(
+                    "kind", "producer, depot, filling-station or seller", openapi.one_of(*EnterpriseKind)
+                ),
                 ("product", "makes or sells this product"),
                 ("supplied_by", "supplied by this enterprise"),
                 *PAGING,

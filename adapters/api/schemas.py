@@ -116,3 +116,7 @@ class LabStats(BaseModel):
     daily_capacity: int
     backlog: dict[str, Any]
     reported: dict[str, Any]
+
+
+class Revoked(BaseModel):
+    revoked: str = Field(description="the prefix of the key or token revoked")

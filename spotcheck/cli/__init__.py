@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from spotcheck.cli import alerts, imports, offline, platform
+from spotcheck.cli import alerts, audit, imports, offline, platform
 from spotcheck.cli.bench import bench_app
 from spotcheck.cli.cases import cases_app
 from spotcheck.cli.centers import centers_app
@@ -25,6 +25,7 @@ offline.register(app)
 platform.register(app)
 imports.register(app)
 alerts.register(app)
+audit.register(app)
 app.add_typer(bench_app, name="bench")
 app.add_typer(labs_app, name="labs")
 app.add_typer(centers_app, name="centers")

@@ -89,3 +89,50 @@ def startup(runs: Annotated[int, typer.Option(help="cold starts (fresh state fol
         f"{runs} cold starts: up -> healthy median {statistics.median(ups):.1f}s, "
         f"SIGTERM -> stopped median {statistics.median(downs):.1f}s"
     )
+
+
+@bench_app.command("failover")
+def failover(
+    samples: Annotated[int, typer.Option(help="samples streamed per run")] = 300,
+    rate: Annotated[float, typer.Option(help="samples (all their results) sent per second")] = 20.0,
+    runs: Annotated[int, typer.Option(help="runs; medians are reported")] = 5,
+) -> None:
+    """Two verdict workers (processes) in one group; one is killed (SIGKILL) mid-stream: the time
+    until the survivor publishes a verdict for the dead worker's partitions, and whether every
+    verdict is stored exactly once. The consumer-group timeouts are the settings' own."""
+    from adapters.runtime import configure_logging
+    from producers import bench
+    from spotcheck.settings import Settings
+
+    settings = Settings(log_level="WARNING")
+    configure_logging(settings)
+    load = bench.workload(samples, 0.1, ZoneInfo(settings.timezone), seed=13)
+
+    async def one(folder: Path) -> bench.Failover:
+        async with bench.bench_stack(settings, folder) as s:
+            return await bench.failover(s, folder, load, rate)
+
+    typer.echo(
+        f"session timeout {settings.session_timeout_ms} ms, rebalance timeout "
+        f"{settings.rebalance_timeout_ms} ms, heartbeat {settings.heartbeat_interval_ms} ms; "
+        f"{samples} samples at {rate:g}/s, {settings.topic_partitions} partitions"
+    )
+    found = []
+    for n in range(runs):
+        with tempfile.TemporaryDirectory(prefix="spotcheck-bench-") as folder:
+            run = asyncio.run(one(Path(folder)))
+        found.append(run)
+        typer.echo(
+            f"run {n + 1}: kill -> reassigned {run.reassigned:.1f}s, -> first verdict "
+            f"{run.first_verdict:.1f}s (partitions {sorted(run.killed)}); verdicts expected "
+            f"{run.expected}, stored {run.stored}, duplicated {run.duplicated}, re-sent on the topic "
+            f"{run.resent}"
+        )
+    typer.echo(
+        f"{runs} runs: kill -> first verdict on the dead worker's partitions median "
+        f"{statistics.median(r.first_verdict for r in found):.1f}s "
+        f"(min {min(r.first_verdict for r in found):.1f}, max {max(r.first_verdict for r in found):.1f}); "
+        f"kill -> reassigned median {statistics.median(r.reassigned for r in found):.1f}s; "
+        f"stored {sum(r.stored for r in found)}/{sum(r.expected for r in found)}, "
+        f"duplicated {sum(r.duplicated for r in found)}"
+    )

@@ -45,12 +45,45 @@ def add(
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Add a lab (or update it: same id) with its accreditation scope."""
+    """Add a lab with its accreditation scope (an existing one is refused: `labs update` changes it)."""
     scope = json.loads(scope_file.read_text()) if scope_file else _scope(spec, product, items)
     if not scope:
         raise typer.BadParameter("give at least one --spec or --product (or --scope-file)")
     body = {"lab_id": lab_id, "name": name, "scope": scope, "daily_capacity": capacity, "contact": contact}
     print_json(api_call("POST", "/api/v1/labs", body, api, token))
+
+
+@labs_app.command("update")
+def update(
+    lab_id: str,
+    name: Annotated[str | None, typer.Option(help="the lab's new name")] = None,
+    spec: Annotated[list[str], typer.Option(help="accredited spec id or pattern (replaces the scope)")] = [],  # noqa: B006
+    product: Annotated[list[str], typer.Option(help="accredited product category (replaces the scope)")] = [],  # noqa: B006
+    items: Annotated[
+        str | None, typer.Option(help="comma-separated items the new scope is limited to")
+    ] = None,
+    scope_file: Annotated[
+        Path | None, typer.Option(help="JSON list of scope entries (replaces the scope)")
+    ] = None,
+    capacity: Annotated[int | None, typer.Option(help="samples a day")] = None,
+    contact: Annotated[str | None, typer.Option(help="contact person, phone or e-mail")] = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Change a lab: only what is given changes (a new --spec/--product/--scope-file replaces the scope)."""
+    body: dict[str, Any] = {}
+    if scope_file is not None:
+        body["scope"] = json.loads(scope_file.read_text())
+    elif spec or product:
+        body["scope"] = _scope(spec, product, items)
+    elif items:
+        raise typer.BadParameter("--items limits a new scope: give it with --spec or --product")
+    for field, value in (("name", name), ("daily_capacity", capacity), ("contact", contact)):
+        if value is not None:
+            body[field] = value
+    if not body:
+        raise typer.BadParameter("nothing to change: give --name, --spec, --product, --capacity or --contact")
+    print_json(api_call("PATCH", f"/api/v1/labs/{lab_id}", body, api, token))
 
 
 @labs_app.command("list")

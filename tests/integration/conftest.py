@@ -79,7 +79,7 @@ async def settings(broker: str, database_url: str, tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         topic_namespace=f"t{uuid.uuid4().hex[:10]}",
         topic_partitions=3,
-        session_timeout_ms=6000,
+        session_timeout_ms=3000,  # the default: tansu holds a join back half of it
         rebalance_timeout_ms=3000,
         heartbeat_interval_ms=500,
         batch_timeout_ms=50,

@@ -36,16 +36,23 @@ async def test_tokens_are_required(settings: Settings, http: aiohttp.ClientSessi
             assert resp.status == 503, body
             async with anonymous.get("/readyz") as ready:  # this process can serve all the same
                 assert ready.status == 200
-                assert (await ready.json())["checks"] == {"broker": "up", "database": "up"}
+                assert (await ready.json())["checks"] == {
+                    "broker": {"state": "up"},
+                    "database": {"state": "up"},
+                }
+            assert body["status"] == "unavailable" and resp.headers["Retry-After"]
+            outbox = body["checks"].pop("outbox")
+            assert outbox["state"] == "up" and outbox["failed"] == 0, outbox
             assert body["checks"] == {
-                "broker": "up",
-                "database": "up",
-                "relay": "up",
-                "verdicts": "up",
-                "store-sink": "up",
-                "center-push": "up",
-                "custody": "up",
-                "streams": "down",
+                "broker": {"state": "up"},
+                "database": {"state": "up"},
+                "relay": {"state": "up"},
+                "verdicts": {"state": "up"},
+                "store-sink": {"state": "up"},
+                "center-push": {"state": "up"},
+                "custody": {"state": "up"},
+                "streams": {"state": "down", "reason": "no heartbeat seen"},
+                "set-aside": {"state": "up", "set_aside_last_hour": 0},
             }
 
 

@@ -70,9 +70,9 @@ async def complete(http: aiohttp.ClientSession, task_id: str, results: int) -> d
 
 @pytest.fixture
 async def lab1(http: aiohttp.ClientSession) -> str:
-    body = {"lab_id": "LAB-1", "name": "Jinan petroleum lab", "scope": [{"spec": "GB17930-2016:*"}]}
-    async with http.post("/api/v1/labs", json=body) as resp:
-        assert resp.status == 201, await resp.text()
+    body = {"name": "Jinan petroleum lab", "scope": [{"spec": "GB17930-2016:*"}]}
+    async with http.put("/api/v1/labs/LAB-1", json=body) as resp:  # the test's LAB-1, narrowed
+        assert resp.status == 200, await resp.text()
     return "LAB-1"
 
 

@@ -37,18 +37,7 @@ async def cli_run(settings: Settings, *args: str) -> Any:
 
 async def accredit_sulfur_only(settings: Settings) -> None:
     """LAB-D's accreditation shrinks to diesel sulfur."""
-    await cli_run(
-        settings,
-        "labs",
-        "add",
-        "LAB-D",
-        "--name",
-        "Dongying diesel lab",
-        "--product",
-        "motor diesel",
-        "--items",
-        "sulfur",
-    )
+    await cli_run(settings, "labs", "update", "LAB-D", "--product", "motor diesel", "--items", "sulfur")
 
 
 @pytest.fixture
@@ -130,7 +119,7 @@ async def test_http_ingest_reaches_a_verdict_and_refuses_what_is_not_the_labs(
     assert view["verdict"]["outcome"] == "qualified" and view["verdict"]["lab_id"] == "LAB-D"
     letters = await eventually(lambda: _at_least(dead_letters(http), 6))
     assert {d["source"] for d in letters} == {"http:/api/v1/lab-results"}
-    assert any("assigned to lab LAB-1, not LAB-D" in d["reason"] for d in letters)
+    assert any(f"task {theirs['task_id']} is not assigned to lab LAB-D" == d["reason"] for d in letters)
 
 
 async def test_scope_keys_and_bad_requests(
@@ -226,7 +215,13 @@ async def test_a_lab_with_confluent_kafka_as_in_the_readme(
     )
 
     def publish() -> list[Any]:
-        producer = Producer({"bootstrap.servers": settings.bootstrap, "client.id": "LAB-2-lims"})
+        producer = Producer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "client.id": "LAB-2-lims",
+                "partitioner": "murmur2_random",
+            }
+        )
         errors: list[Any] = []
         for item, value in (("sulfur", "8.3"), ("cetane_number", "51.9")):
             body = result(task, item, value)
@@ -272,3 +267,50 @@ async def test_http_corrections_and_a_scope_that_shrank(
         async with lab.post("/api/v1/lab-results", json=late) as resp:
             body = await resp.json()
             assert resp.status == 403 and "outside the accreditation scope" in body["error"]
+
+
+async def test_adding_a_lab_twice_is_a_conflict_and_updates_are_explicit(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "lab_id": "LAB-U",
+        "name": "Update lab",
+        "scope": [{"spec": "GB17930-2016:*"}],
+        "contact": "Mr Wu",
+    }
+    async with http.post("/api/v1/labs", json=body) as resp:
+        assert resp.status == 201 and resp.headers["Location"] == "/api/v1/labs/LAB-U"
+    async with http.post("/api/v1/labs", json={**body, "name": "overwritten?"}) as resp:
+        answer = await resp.json()
+        assert resp.status == 409 and answer["field"] == "lab_id", answer
+    async with http.post("/api/v1/labs/LAB-U/disable") as resp:
+        assert resp.status == 200
+    replacement = {"name": "Renamed lab", "scope": [{"product": "motor diesel"}], "daily_capacity": 9}
+    async with http.put("/api/v1/labs/LAB-U", json=replacement) as resp:
+        lab = await resp.json()
+        assert resp.status == 200, lab
+    assert lab == {
+        "lab_id": "LAB-U",
+        "name": "Renamed lab",
+        "scope": [{"product": "motor diesel"}],
+        "daily_capacity": 9,
+        "enabled": False,  # enabling has its own route
+    }
+    async with http.patch("/api/v1/labs/LAB-U", json={"contact": "Ms Sun"}) as resp:
+        lab = await resp.json()
+        assert resp.status == 200 and lab["contact"] == "Ms Sun" and lab["name"] == "Renamed lab", lab
+    for path, change, field in (
+        ("/api/v1/labs/LAB-U", {}, "body"),
+        ("/api/v1/labs/LAB-U", {"name": None}, "name"),
+        ("/api/v1/labs/LAB-U", {"lab_id": "LAB-V"}, "lab_id"),
+        ("/api/v1/labs/LAB-U", {"scope": [{"spec": "*", "items": ["no_such_item"]}]}, "scope"),
+    ):
+        async with http.patch(path, json=change) as resp:
+            answer = await resp.json()
+            assert resp.status == 422 and answer["field"] == field, answer
+    async with http.put("/api/v1/labs/LAB-NONE", json=replacement) as resp:
+        assert resp.status == 404
+    async with http.patch("/api/v1/labs/LAB-NONE", json={"name": "x"}) as resp:
+        assert resp.status == 404
+    shown = await cli_run(settings, "labs", "update", "LAB-U", "--name", "CLI lab", "--capacity", "3")
+    assert json.loads(shown.stdout)["name"] == "CLI lab" and json.loads(shown.stdout)["daily_capacity"] == 3

@@ -15,10 +15,14 @@ from typing import Any
 
 import psutil
 import pytest
+from pydantic import SecretStr
+from rich.console import Console
 
 from adapters import processes
-from adapters.embedded import EmbeddedPostgres, port_is_free
+from adapters.embedded import EmbeddedPostgres, free_port, port_is_free
+from adapters.runtime import Progress, child_env, infrastructure
 from producers.bench import isolated_up_env
+from spotcheck.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -89,15 +93,17 @@ def test_up_demo_is_healthy_produces_verdicts_and_stops_cleanly(tmp_path: Path) 
         token = (state / "admin-token").read_text().strip()
         assert token in log.read_text(), "the generated token is printed"
         status, body = _get(f"{base}/healthz")
-        assert body["checks"] == {
+        assert {name: check["state"] for name, check in body["checks"].items()} == {
             "broker": "up",
             "database": "up",
+            "outbox": "up",
             "relay": "up",
             "verdicts": "up",
             "store-sink": "up",
             "center-push": "up",
             "custody": "up",
             "streams": "up",
+            "set-aside": "up",
         }
         assert _get(f"{base}/api/v1/verdicts")[0] == 401
         verdicts = _wait(
@@ -256,3 +262,17 @@ def test_a_crashed_up_leaves_nothing_running_and_restarts_on_the_same_ports(tmp_
         for p in spawned:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+
+async def test_workers_of_an_embedded_broker_send_one_record_per_batch(
+    tmp_path: Path, server_url: str
+) -> None:
+    """The embedded broker's watermark needs one record per batch from the stream processor; the
+    workers `up` starts see the broker as configured, so the setting must be decided for them."""
+    settings = Settings(database_url=SecretStr(server_url), state_dir=tmp_path, broker_port=free_port())
+    assert settings.single_record_batches
+    progress = Progress(Console(quiet=True))
+    async with infrastructure(settings, progress, processes.Owned(tmp_path)) as effective:
+        assert not effective.embedded_broker
+        assert effective.single_record_batches
+        assert child_env(effective)["SPOTCHECK_ONE_RECORD_BATCHES"] == "True"

@@ -1,9 +1,11 @@
-"""Center push, the pure part: filters, signatures, the retry schedule and delivery ids."""
+"""Center push, the pure part: filters, routing, signatures, the retry budget and delivery ids."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -12,15 +14,22 @@ from spotcheck.centers import (
     CenterRequest,
     DeliveryAttempt,
     Filters,
+    ResultRoute,
+    RetryPolicy,
+    Subscription,
     backoff,
     delivery_id,
     envelope,
     request_headers,
+    route_result,
     sign,
+    span,
     spec_matches,
+    verdict_waits,
     verify,
 )
 from spotcheck.events import Outcome
+from spotcheck.settings import Settings
 
 GASOLINE = "GB17930-2016:VIB:92"
 DIESEL = "GB19147-2016:VI:0"
@@ -102,6 +111,53 @@ def test_bad_filters_name_the_field(filters: dict[str, list[str]], field: str, w
     assert error["loc"][0] == field and words in str(caught.value)
 
 
+# --- routing ----------------------------------------------------------------------------------
+
+
+def sub(center_id: str, results: bool = True, **filters: object) -> Subscription:
+    return Subscription(center_id=center_id, filters=Filters.model_validate(filters), include_results=results)
+
+
+GAS = sub("QTC-GAS", specs=["GB17930-2016:"])
+FUEL = sub("QTC-FUEL", products=["motor diesel"])
+ALL = sub("QTC-ALL")
+UNQUALIFIED = sub("QTC-UNQ", outcomes=["unqualified"])  # outcomes do not apply to results
+VERDICTS = sub("QTC-VERDICTS", results=False)
+EVERYONE = [GAS, FUEL, ALL, UNQUALIFIED, VERDICTS]
+
+
+def test_only_spec_and_product_filters_need_the_spec() -> None:
+    assert GAS.filters.needs_spec and FUEL.filters.needs_spec
+    assert not ALL.filters.needs_spec and not UNQUALIFIED.filters.needs_spec
+    assert not Filters(districts=("370102",)).needs_spec
+
+
+def test_a_result_whose_task_is_known_goes_where_its_spec_matches() -> None:
+    route = route_result(EVERYONE, GASOLINE, decidable=True)
+    assert route.now == (GAS, ALL, UNQUALIFIED) and route.undecided == ()
+    route = route_result(EVERYONE, DIESEL, decidable=True)
+    assert route.now == (FUEL, ALL, UNQUALIFIED) and route.undecided == ()
+
+
+def test_a_result_that_cannot_be_decided_yet_waits_for_the_centers_that_need_its_spec() -> None:
+    for spec in (None, GASOLINE):  # task unknown, or known with earlier results still held
+        route = route_result(EVERYONE, spec, decidable=False)
+        assert route.now == (ALL, UNQUALIFIED)  # these filters do not look at the spec
+        assert route.undecided == (GAS, FUEL)
+    assert route_result([ALL, VERDICTS], None, decidable=False).undecided == ()
+    assert route_result([VERDICTS], GASOLINE, decidable=True) == ResultRoute((), ())
+
+
+def test_a_verdict_waits_for_its_results_only_at_centers_that_take_results() -> None:
+    listed = ("LAB7-1", "LAB7-2", "LAB7-1")
+    assert verdict_waits(GAS, listed) == (
+        delivery_id("QTC-GAS", "lab-result", "LAB7-1"),
+        delivery_id("QTC-GAS", "lab-result", "LAB7-2"),
+    )
+    assert verdict_waits(VERDICTS, listed) == ()
+    assert verdict_waits(ALL, ()) == ()
+
+
 @pytest.mark.parametrize(
     ("url", "ok"),
     [
@@ -174,12 +230,12 @@ def test_request_headers_carry_everything_a_center_checks() -> None:
 # --- retries and ids --------------------------------------------------------------------------
 
 
-def test_backoff_grows_exponentially_to_the_cap_with_full_jitter() -> None:
+def test_backoff_doubles_to_the_cap_and_jitter_keeps_at_least_half() -> None:
     ceilings = [backoff(n, 1.0, 300.0, rand=lambda: 1.0) for n in range(1, 12)]
     assert ceilings[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
     assert ceilings[-1] == 300.0 and max(ceilings) == 300.0
-    assert backoff(3, 1.0, 300.0, rand=lambda: 0.0) == 0.0
-    assert backoff(3, 1.0, 300.0, rand=lambda: 0.5) == 2.0
+    assert backoff(3, 1.0, 300.0, rand=lambda: 0.0) == 2.0
+    assert backoff(3, 1.0, 300.0, rand=lambda: 0.5) == 3.0
     assert backoff(10_000, 0.5, 60.0, rand=lambda: 1.0) == 60.0  # no overflow for huge counts
 
 
@@ -187,7 +243,87 @@ def test_backoff_stays_within_its_bounds() -> None:
     for failures in range(1, 20):
         for _ in range(50):
             delay = backoff(failures, 0.2, 30.0)
-            assert 0.0 <= delay <= min(30.0, 0.2 * 2 ** (failures - 1))
+            ceiling = min(30.0, 0.2 * 2 ** (failures - 1))
+            assert ceiling / 2 <= delay <= ceiling
+
+
+DEFAULTS = Settings.model_construct()  # the defaults, whatever the environment says
+POLICY = RetryPolicy(
+    initial=DEFAULTS.push_backoff_initial_seconds,
+    maximum=DEFAULTS.push_backoff_max_seconds,
+    retry_for=DEFAULTS.push_retry_for_seconds,
+    max_attempts=DEFAULTS.push_max_attempts,
+)
+START = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+def outage(
+    policy: RetryPolicy, down_for: timedelta, rand: Callable[[], float], answer_after: float = 10.0
+) -> tuple[str, int, datetime]:
+    """Attempts against a center that fails every push (each after `answer_after` seconds, the
+    push timeout) until `down_for` has passed, on a clock moved from attempt to attempt: the
+    outcome, the number of attempts and when the last was made."""
+    due, failures = START, 0
+    while True:
+        at = due + timedelta(seconds=answer_after)
+        if at - START >= down_for:
+            return "delivered", failures + 1, at
+        failures += 1
+        due_next = policy.next_attempt(START + timedelta(seconds=answer_after), at, failures, rand)
+        if due_next is None:
+            return "failed", failures, at
+        assert due_next > at
+        due = due_next
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, 1.0])
+def test_the_default_budget_outlasts_a_center_down_for_an_hour(draw: float) -> None:
+    assert DEFAULTS.push_retry_for_seconds >= 3 * 3600 and DEFAULTS.push_max_attempts is None
+    outcome, attempts, last = outage(POLICY, timedelta(hours=1), rand=lambda: draw)
+    assert outcome == "delivered" and attempts > 8  # the old default budget gave up after 8
+    # the backoff reached its cap: near the end of the hour the center is tried every 2.5 to 5 min
+    assert last - START < timedelta(hours=1, minutes=6)
+
+
+def test_the_budget_is_a_time_never_shortened_by_the_jitter() -> None:
+    rng = random.Random(7)
+    for rand in (lambda: 0.0, lambda: 1.0, rng.random):
+        outcome, attempts, last = outage(POLICY, timedelta(days=2), rand=rand)
+        assert outcome == "failed"
+        first = START + timedelta(seconds=10)
+        assert last - first >= timedelta(seconds=DEFAULTS.push_retry_for_seconds)
+        assert last - first < timedelta(seconds=DEFAULTS.push_retry_for_seconds + 10 + 300)
+
+
+def test_the_last_wait_ends_at_the_deadline_and_a_cap_on_attempts_still_applies() -> None:
+    policy = RetryPolicy(initial=1.0, maximum=300.0, retry_for=60.0)
+    started = START
+    assert policy.next_attempt(started, START + timedelta(seconds=50), 7, lambda: 1.0) == START + timedelta(
+        seconds=60
+    )
+    assert policy.next_attempt(started, START + timedelta(seconds=60), 8, lambda: 1.0) is None
+    assert policy.next_attempt(started, START + timedelta(seconds=1), 1, lambda: 1.0) == START + timedelta(
+        seconds=2
+    )
+    capped = RetryPolicy(initial=1.0, maximum=300.0, retry_for=3600.0, max_attempts=3)
+    assert capped.next_attempt(started, START + timedelta(seconds=5), 2, lambda: 1.0) is not None
+    assert capped.next_attempt(started, START + timedelta(seconds=9), 3, lambda: 1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.43, "0.4s"),
+        (9.94, "9.9s"),
+        (9.96, "10s"),
+        (42.2, "42s"),
+        (303, "5m 3s"),
+        (21_604, "6h 0m"),
+        (3600, "1h 0m"),
+    ],
+)
+def test_spans_read_well(seconds: float, text: str) -> None:
+    assert span(seconds) == text
 
 
 def test_delivery_ids_are_stable_and_distinct() -> None:
