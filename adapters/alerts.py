@@ -1,4 +1,5 @@
-"""Overdue alerts in PostgreSQL: written by the store sink (once per alert_id), read by the API."""
+"""Overdue alerts in PostgreSQL: stored once per alert_id (by the stream processor that raises them, with
+their message in the outbox, and again harmlessly by the store sink), read by the API."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from adapters.store import Store
 from spotcheck.deadlines import AlertKind, OverdueAlert
@@ -17,16 +20,14 @@ class AlertStore:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def save(self, alerts: Sequence[OverdueAlert]) -> None:
-        """Store alerts; one already stored (a re-delivery, a second detection) is left as it was."""
+    async def save(self, alerts: Sequence[OverdueAlert], conn: asyncpg.Connection | None = None) -> set[str]:
+        """Store alerts (in `conn`'s transaction when given); one already stored (a re-delivery, a
+        second detection) is left as it was. Returns the ids of those stored now."""
         if not alerts:
-            return
-        async with self._store.pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO alerts"
-                " (alert_id, task_id, kind, due, detected_at, enterprise_id, lab_id, payload)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT (alert_id) DO NOTHING",
-                [
+            return set()
+        columns = list(
+            zip(
+                *(
                     (
                         a.alert_id,
                         a.task_id,
@@ -38,8 +39,23 @@ class AlertStore:
                         a.to_json().decode(),
                     )
                     for a in alerts
-                ],
+                ),
+                strict=True,
             )
+        )
+        sql = (
+            "INSERT INTO alerts (alert_id, task_id, kind, due, detected_at, enterprise_id, lab_id, payload)"
+            " SELECT a, t, k, d, x, e, l, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[],"
+            " $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])"
+            " AS u(a, t, k, d, x, e, l, p)"
+            " ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id"
+        )
+        if conn is not None:
+            rows = await conn.fetch(sql, *(list(c) for c in columns))
+        else:
+            async with self._store.pool.acquire() as own:
+                rows = await own.fetch(sql, *(list(c) for c in columns))
+        return {r["alert_id"] for r in rows}
 
     async def list(
         self,

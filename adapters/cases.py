@@ -4,7 +4,8 @@ queries of the API (cases, a case's history, the public list of final results) a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -79,11 +80,21 @@ class CaseStore:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def save(self, events: Sequence[CaseEvent]) -> None:
-        """Store events in order; one stored already (a re-delivery) changes nothing."""
+    @asynccontextmanager
+    async def _within(self, conn: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
+        """`conn` (in its caller's transaction), or a connection of the pool in a transaction of its own."""
+        if conn is not None:
+            yield conn
+            return
+        async with self._store.pool.acquire() as own, own.transaction():
+            yield own
+
+    async def save(self, events: Sequence[CaseEvent], conn: asyncpg.Connection | None = None) -> None:
+        """Store events in order (in `conn`'s transaction when given); one stored already (a
+        re-delivery) changes nothing."""
         if not events:
             return
-        async with self._store.pool.acquire() as conn, conn.transaction():
+        async with self._within(conn) as conn:
             for event in events:
                 inserted = await conn.fetchval(
                     "INSERT INTO case_events (event_id, case_id, seq, enterprise_id, kind, state, at,"

@@ -194,3 +194,38 @@ def mark_sent(state: Deadlines, alerts: Iterable[OverdueAlert]) -> Deadlines:
     """`state` remembering that `alerts` were published, so they are never published again."""
     ids = set(state.sent) | {a.alert_id for a in alerts}
     return state.model_copy(update={"sent": tuple(sorted(ids))})
+
+
+def merge(state: Deadlines, other: Deadlines, zone: ZoneInfo) -> Deadlines:
+    """What `state` and `other` know together (the same task seen by two paths, e.g. a table and the
+    record): the task, each step at its earliest time, every alert sent. Order does not matter."""
+    _same_task(state, other.task_id)
+    reached = dict(state.reached)
+    assigned = state.assigned
+    for step, at in other.reached.items():
+        known = reached.get(step)
+        if known is None or at < known:
+            reached[step] = at
+            if step is S.ASSIGNED:
+                assigned = other.assigned
+    source = state if state.task is not None else other
+    merged = state.model_copy(
+        update={
+            "task": source.task,
+            "report_days": source.report_days,
+            "reached": reached,
+            "assigned": assigned,
+            "sent": tuple(sorted(set(state.sent) | set(other.sent))),
+        }
+    )
+    return _settle(merged, zone)
+
+
+def finished(state: Deadlines, now: datetime) -> bool:
+    """No deadline is left to watch: the task ended, or it was reported (both deadlines settled),
+    and every alert it owes was sent. A task not known yet is never finished."""
+    if state.task is None:
+        return False
+    if not state.ended and state.reached_at(S.REPORTED) is None:
+        return False
+    return not due_alerts(state, now)

@@ -94,6 +94,26 @@ class Settings(BaseSettings):
         default=None, description="a file holding an ISO time the case timers take as now (drills, tests)"
     )
 
+    # The stream processor's state: its tables are rebuilt from PostgreSQL where the broker lost them.
+    stream_refeed_margin_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="case inputs fed again from this long before an enterprise's last snapshot; "
+        "reported tasks looked at for alerts still owed for this long",
+    )
+    stream_finished_keep_hours: float = Field(
+        default=1.0,
+        ge=0,
+        description="how long a task with no deadline left stays in the deadline table (a late "
+        "message or a rebuild then finds it finished) before it is dropped",
+    )
+    stream_outcome_window_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="how long each task's latest verdict is remembered, so that a verdict counted "
+        "once in the pass rates is never counted again",
+    )
+
     # Demo simulator.
     demo_rate: float = Field(default=2.0, gt=0, description="simulated samples per second")
     demo_fail_share: float = Field(default=0.1, ge=0, le=1)
