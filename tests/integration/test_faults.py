@@ -183,7 +183,7 @@ async def test_what_the_fuzzer_found_is_refused_as_input(bare_api: tuple[str, we
     async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
         nul = {"lab_id": "LAB-N", "name": "nul", "scope": [{"product": "motor\u0000diesel"}]}
         status, body, _ = await _call(admin, "POST", "/api/v1/labs", json=nul)
-        assert status == 422 and "cannot store" in body["error"], body
+        assert status == 422 and "cannot be stored" in body["error"], body
         status, body, headers = await _call(admin, "POST", "/api/v1/registry/as-of")
         assert status == 405 and headers["Allow"] == "GET, HEAD", body
         status, body, _ = await _call(
