@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from adapters import outbox
 from adapters.cases import CaseStore
 from adapters.registry import RegistryStore
-from adapters.store import Store
+from adapters.store import Store, translate
 from adapters.stream_state import StreamRecord
 from spotcheck.case_model import (
     TERMINAL,
@@ -56,7 +56,7 @@ from spotcheck.case_tasks import task_for_order
 from spotcheck.cases import advance, next_deadline, open_case, transition
 from spotcheck.clock import clock_for
 from spotcheck.custody import CustodyStep, TaskState
-from spotcheck.errors import InvalidInput, NotFound, SpotcheckError, StoreError, TransientError
+from spotcheck.errors import InvalidInput, NotFound, SpotcheckError, is_retriable
 from spotcheck.events import Outcome, SamplingTask, Verdict, describe_validation_error
 from spotcheck.registry import EnterpriseKind
 from spotcheck.settings import Settings
@@ -66,7 +66,6 @@ from streams.rebuild import Rebuild, partition_of, patiently
 log = structlog.get_logger(__name__)
 
 DeadLetterFn = Callable[[faust.EventT, str], Awaitable[None]]
-DB_ATTEMPTS = 30  # about two minutes of waiting for the database before an input is dead-lettered
 
 
 def _key(event: faust.EventT) -> str:
@@ -344,22 +343,23 @@ def attach(app: faust.App, settings: Settings, store: Store, dead_letter: DeadLe
         database (directory look-ups) failing or not started yet is waited out: no case is lost to it."""
         async for event in stream.events():
             enterprise = _key(event)
-            for attempt in range(DB_ATTEMPTS):
+            attempt = 0
+            while True:
                 try:
                     await take(event, enterprise)
                 except ValidationError as exc:
                     await dead_letter(event, f"invalid case input: {describe_validation_error(exc)}")
                 except InvalidInput as exc:
                     await dead_letter(event, f"case input refused: {exc}")
-                except (TransientError, StoreError, OSError) as exc:
-                    if attempt + 1 < DB_ATTEMPTS:
-                        log.warning(
-                            "case input waits for the database", enterprise_id=enterprise, error=str(exc)
-                        )
+                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+                    if is_retriable(exc) or is_retriable(translate(exc)):  # an outage: waited out
+                        attempt += 1
+                        if attempt == 1 or attempt % 20 == 0:
+                            log.warning(
+                                "case input waits for the database", enterprise_id=enterprise, error=str(exc)
+                            )
                         await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                         continue
-                    await dead_letter(event, f"case processor could not reach the database: {exc}")
-                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
                     log.exception("case input failed", enterprise_id=enterprise)
                     await dead_letter(event, f"case processor failed on this input: {exc!r}")
                 break
