@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     case_check_seconds: float = Field(default=30.0, gt=0, description="how often case deadlines are checked")
     case_rules_file: Path | None = Field(default=None, description="JSON rules; the shipped ones when unset")
     clock_file: Path | None = Field(
-        default=None, description="a file holding an ISO time the case timers take as now (drills, tests)"
+        default=None,
+        description="a file holding an ISO time the case and deadline timers take as now (drills, tests)",
     )
 
     # The stream processor's state: its tables are rebuilt from PostgreSQL where the broker lost them.
