@@ -446,7 +446,9 @@ class Store:
     # --- queries of the API -----------------------------------------------------------------
 
     async def task_view(self, task_id: str) -> dict[str, Any] | None:
-        async with self._conn() as conn:
+        """The task, its results, verdicts and state as of one moment (one snapshot: never a verdict
+        with results that do not look taken yet)."""
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             task = await conn.fetchval("SELECT payload FROM tasks WHERE task_id = $1", task_id)
             if task is None:
                 return None
