@@ -54,12 +54,33 @@ def _with_database(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture
-async def database_url(server_url: str) -> AsyncIterator[str]:
-    name = f"sc_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+async def migrated_template(server_url: str) -> AsyncIterator[str]:
+    """A database with every migration applied, copied for each test (a copy is much quicker than
+    applying the migrations again)."""
+    name = f"sc_template_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    async with Store(_with_database(server_url, name), max_size=1) as template:
+        await template.migrate()
+    yield name
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(server_url: str, migrated_template: str) -> AsyncIterator[str]:
+    """The test's own database, migrated."""
+    name = f"sc_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
     finally:
         await admin.close()
     yield _with_database(server_url, name)
@@ -79,7 +100,7 @@ async def settings(broker: str, database_url: str, tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         topic_namespace=f"t{uuid.uuid4().hex[:10]}",
         topic_partitions=3,
-        session_timeout_ms=3000,  # the default: tansu holds a join back half of it
+        session_timeout_ms=2000,  # tansu holds a join back half of it, rounded up to a second
         rebalance_timeout_ms=3000,
         heartbeat_interval_ms=500,
         batch_timeout_ms=50,
