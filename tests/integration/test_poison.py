@@ -24,7 +24,14 @@ from adapters.runtime import workers
 from adapters.store import Store
 from consumers.base import BatchConsumer
 from spotcheck.settings import Settings
-from tests.integration.helpers import GASOLINE_ITEMS, TOKEN, eventually, result, streams_worker
+from tests.integration.helpers import (
+    GASOLINE_ITEMS,
+    TOKEN,
+    eventually,
+    report_figures,
+    result,
+    streams_worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -371,6 +378,13 @@ async def test_poison_on_every_input_topic_is_one_dead_letter_and_stalls_nothing
     assert refused == 0
     for task_id in ("T-2026-732001", "T-2026-732003", "T-2026-732004"):
         assert await _case(http, f"C-{task_id}") is None
+    report_figures(
+        "poison on every input topic (not JSON, wrong schema, unknown version, NUL, refused by the database)",
+        poison_sent=len(sent),
+        by_topic=dict(Counter(sent.values())),
+        dead_letters=len(found),
+        dead_letters_per_record=sorted(set(by_raw.values())),
+    )
 
 
 async def _state_is(store: Store, task_id: str, state: str) -> bool:

@@ -24,6 +24,7 @@ from tests.integration.helpers import (
     create_task,
     dead_letters,
     eventually,
+    report_figures,
     result,
     send,
     topic_to_end,
@@ -84,6 +85,16 @@ async def test_a_verdict_worker_killed_mid_stream_leaves_every_verdict_stored_on
     items = {t.task_id: len(t.items) for t in load.tasks}
     assert all(v["version"] == 1 and len(v["result_ids"]) == items[v["task_id"]] for v in stored)
     assert await store.dead_letters() == []
+    report_figures(
+        "a verdict worker killed mid-stream (two workers, SIGKILL)",
+        samples=run.expected,
+        verdicts_stored=run.stored,
+        duplicated=run.duplicated,
+        lost=run.expected - run.stored,
+        verdict_messages_repeated=run.resent,
+        kill_to_reassigned_s=round(run.reassigned, 1),
+        kill_to_first_verdict_s=round(run.first_verdict, 1),
+    )
 
 
 async def _stored_results(store: Store, task_id: str, n: int) -> bool:

@@ -32,6 +32,7 @@ from spotcheck.topics import TASKS
 from tests.integration.helpers import (
     TOKEN,
     eventually,
+    report_figures,
     result,
     send,
     streams_worker,
@@ -485,7 +486,21 @@ async def test_deadlines_cases_and_pass_rates_survive_a_broker_that_forgot_every
     assert by_table["cases"]["seeds"] == 3 and by_table["cases"]["refed"] == 2  # E1-E3; E4, E5
     assert by_table["pass-rates"]["seeds"] == 1
     assert all(x["seeds"] == 0 and x.get("refed", 0) == 0 for x in second_run), second_run
-    print(f"\ntable keys on A {sizes_a}, on B {sizes_b}; first run on B {by_table}")
+    report_figures(
+        "clean restart on an empty broker with open deadlines and cases, clock moved",
+        alerts_expected=sum((expected + follow_ups).values()),
+        alerts_stored=sum((await alerts_stored(store)).values()),
+        alerts_published_on_new_broker=sum(on_b.values()),
+        alerts_duplicated=sum(n - 1 for n in on_b.values()),
+        case_events_on_new_broker=len(events_b),
+        case_events_duplicated=sum(n - 1 for n in counts.values()),
+        case_dead_letters=len(letters),
+        seeds_empty_broker={t: x["seeds"] for t, x in by_table.items()},
+        refed_inputs=by_table["cases"]["refed"],
+        seeds_intact_broker=sum(x["seeds"] for x in second_run),
+        table_keys_before=sizes_a,
+        table_keys_after=sizes_b,
+    )
 
 
 async def _step_stored(store: Store, step_id: str) -> bool:

@@ -23,6 +23,7 @@ from adapters.embedded import EmbeddedPostgres, free_port, port_is_free
 from adapters.runtime import Progress, child_env, infrastructure
 from producers.bench import isolated_up_env
 from spotcheck.settings import Settings
+from tests.integration.helpers import report_figures
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +211,7 @@ def test_a_crashed_up_leaves_nothing_running_and_restarts_on_the_same_ports(tmp_
         killed_at = time.monotonic()
         left = processes.wait_gone(crashed, 10)
         assert not left, f"left running after a crash: {[(p.pid, p.cmdline()) for p in left]}"
-        print(f"SIGKILL -> broker, database and stream processor gone in {time.monotonic() - killed_at:.1f}s")
+        gone_in = time.monotonic() - killed_at
 
         # where children cannot be tied to their parent (elsewhere than Linux), a crash leaves them
         # running: the restart finds them by their pid files and stops them, and leaves alone a
@@ -229,13 +230,21 @@ def test_a_crashed_up_leaves_nothing_running_and_restarts_on_the_same_ports(tmp_
         second = _start_up(env, tmp_path / "second.log", tmp_path)
         spawned.append(psutil.Process(second.pid))
         _wait(healthy, 120, "healthy after the crash", second, tmp_path / "second.log")
-        print(f"restart -> healthy in {time.monotonic() - restarted_at:.1f}s")
+        healthy_in = time.monotonic() - restarted_at
         assert left_streams.poll() is not None and not processes.alive(left_postgres), "leftovers still run"
         assert bystander.poll() is None, "an unrelated process was stopped"
         said = " ".join((tmp_path / "second.log").read_text().split())
         assert f"stream processor (pid {left_streams.pid}), PostgreSQL (pid {left_postgres.pid})" in said
         status, body = _get(f"{base}/api/v1/labs/LAB-CRASH", token)
         assert status == 200 and body["name"] == "kept across a crash", (status, body)
+        report_figures(
+            "SIGKILL of up: what it started, then a restart on the same ports and state folder",
+            processes_started=len(crashed),
+            left_running=0,
+            gone_in_s=round(gone_in, 1),
+            restart_to_healthy_s=round(healthy_in, 1),
+            data_kept=True,
+        )
         spawned += _run_processes(second, state)
 
         # a second `up` on the same state folder refuses, naming the running one, and leaves it be
