@@ -1,4 +1,5 @@
-"""Benchmarks: the verdict pipeline against a bare aiokafka passthrough, latency, start-up, failover.
+"""Benchmarks: the verdict pipeline against a bare aiokafka passthrough, latency, start-up, failover,
+and the memory of a long `up --demo` (soak).
 
 Over 400 lines: the benchmarks share the stack, the workload and the processes they start, and
 `spotcheck bench` runs each of them from here.
@@ -9,21 +10,25 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import statistics
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import psutil
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from adapters import kafka
 from adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from adapters.processes import is_streams, is_tansu, postmaster_of, recorded_process
 from adapters.store import Store
 from consumers.verdicts import VerdictProcessor
 from producers.relay import Relay
@@ -437,3 +442,192 @@ async def failover(settings: Settings, folder: Path, load: Workload, rate: float
         reassigned=(min(taken) - killed_at) if taken else float("nan"),
         first_verdict=min(after) if after else float("nan"),
     )
+
+
+# --- soak: memory of a long `up --demo` ------------------------------------------------------
+
+SOAK_PROCESSES = ("up", "streams", "broker", "postgres")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One look at the processes of a running `up --demo`: seconds since the measure began (after
+    the warm-up), verdicts stored so far, and memory by process name in bytes: resident (RSS) and
+    proportional (PSS: shared pages divided among the processes that share them). PostgreSQL is its
+    postmaster and every backend, summed; its RSS sum counts shared buffers once per backend."""
+
+    seconds: float
+    verdicts: int
+    rss: dict[str, int]
+    pss: dict[str, int]
+
+    def shown(self, name: str) -> int:
+        """The figure the soak table shows: PSS for PostgreSQL (many processes), RSS for the others."""
+        return self.pss[name] if name == "postgres" else self.rss[name]
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What one process did over a soak: MiB at the start and the end, MiB per 1,000 verdicts over the
+    whole run and (least squares) over its last half; a flat process has a last-half slope near 0."""
+
+    name: str
+    start: float
+    end: float
+    per_1000: float
+    last_half_per_1000: float
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x; nan with fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return float("nan")
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def growth(samples: list[MemorySample]) -> list[Growth]:
+    """Per process: start, end, growth per 1,000 verdicts, and the slope over the last half of the
+    run (samples at or after half the measured time) against verdicts."""
+    first, last = samples[0], samples[-1]
+    half = [s for s in samples if s.seconds >= last.seconds / 2]
+    made = (last.verdicts - first.verdicts) / 1000
+    found = []
+    for name in SOAK_PROCESSES:
+        start, end = first.shown(name) / MIB, last.shown(name) / MIB
+        found.append(
+            Growth(
+                name=name,
+                start=start,
+                end=end,
+                per_1000=(end - start) / made if made > 0 else float("nan"),
+                last_half_per_1000=_slope([(s.verdicts / 1000, s.shown(name) / MIB) for s in half]),
+            )
+        )
+    return found
+
+
+class SoakedProcesses:
+    """The processes of one `up --demo`, found by what they are (pid files of the state folder)."""
+
+    def __init__(self, up_pid: int, state: Path) -> None:
+        self.up = psutil.Process(up_pid)
+        run = state / "run"
+        found = {
+            "streams": recorded_process(run / "streams.pid", is_streams),
+            "broker": recorded_process(run / "broker.pid", is_tansu),
+            "postgres": recorded_process(
+                state / "pgdata" / "postmaster.pid", postmaster_of(state / "pgdata"), timed=False
+            ),
+        }
+        missing = [name for name, proc in found.items() if proc is None]
+        if missing:
+            raise RuntimeError(f"spotcheck up runs without {', '.join(missing)}")
+        self.streams, self.broker, self.postmaster = (found[n] for n in ("streams", "broker", "postgres"))
+
+    def memory(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(RSS, PSS) by name, in bytes; PostgreSQL summed over the postmaster and its children."""
+        rss: dict[str, int] = {}
+        pss: dict[str, int] = {}
+        groups = {"up": [self.up], "streams": [self.streams], "broker": [self.broker]}
+        assert self.postmaster is not None
+        groups["postgres"] = [self.postmaster, *self.postmaster.children(recursive=True)]
+        for name, procs in groups.items():
+            rss[name] = pss[name] = 0
+            for proc in procs:
+                assert proc is not None
+                try:
+                    info = proc.memory_full_info()
+                except psutil.NoSuchProcess:  # a backend that just ended
+                    continue
+                rss[name] += info.rss
+                pss[name] += getattr(info, "pss", info.rss)
+        return rss, pss
+
+
+async def soak(
+    state: Path,
+    minutes: float,
+    every: float,
+    rate: float,
+    warmup: float,
+    on_sample: Callable[[MemorySample], None] = lambda _: None,
+) -> list[MemorySample]:
+    """Runs `spotcheck up --demo` (its own ports and state folder, the simulator at `rate` samples
+    a second) and looks at its processes' memory and the verdicts stored every `every` seconds for
+    `minutes`, after `warmup` seconds; then stops it with SIGTERM. The samples, oldest first."""
+    import asyncpg
+
+    env, ports = isolated_up_env(state)
+    env["SPOTCHECK_DEMO_RATE"] = str(rate)
+    env["SPOTCHECK_LOG_LEVEL"] = "WARNING"
+    log_path = state.parent / "up.log"
+    with log_path.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "spotcheck",
+            "up",
+            "--demo",
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+
+    def check_alive() -> None:
+        if proc.returncode is not None:
+            raise RuntimeError(f"spotcheck up exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+
+    samples: list[MemorySample] = []
+    try:
+        await _until_healthy(ports["SPOTCHECK_HTTP_PORT"], check_alive)
+        processes = SoakedProcesses(proc.pid, state)
+        db = await asyncpg.connect(
+            f"postgresql://postgres@127.0.0.1:{ports['SPOTCHECK_EMBEDDED_DB_PORT']}/spotcheck"
+        )
+        try:
+            await asyncio.sleep(warmup)
+            began = time.monotonic()
+            while True:
+                check_alive()
+                rss, pss = processes.memory()
+                verdicts = int(await db.fetchval("SELECT count(*) FROM verdicts"))
+                sample = MemorySample(round(time.monotonic() - began, 1), verdicts, rss, pss)
+                samples.append(sample)
+                on_sample(sample)
+                left = minutes * 60 - (time.monotonic() - began)
+                if left <= 0.5:
+                    break
+                await asyncio.sleep(min(every, left))
+        finally:
+            await db.close()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    return samples
+
+
+async def _until_healthy(port: int, check_alive: Callable[[], None], timeout: float = 180.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            check_alive()
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"spotcheck up was not healthy within {timeout:.0f}s")
+            await asyncio.sleep(0.5)

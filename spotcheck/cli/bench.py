@@ -136,3 +136,71 @@ def failover(
         f"stored {sum(r.stored for r in found)}/{sum(r.expected for r in found)}, "
         f"duplicated {sum(r.duplicated for r in found)}"
     )
+
+
+@bench_app.command("soak")
+def soak(
+    minutes: Annotated[float, typer.Option(help="how long memory is measured (after the warm-up)")] = 30.0,
+    every: Annotated[float, typer.Option(help="seconds between two looks")] = 30.0,
+    rate: Annotated[float, typer.Option(help="simulated samples per second (SPOTCHECK_DEMO_RATE)")] = 2.0,
+    warmup: Annotated[float, typer.Option(help="seconds after /healthz before the first look")] = 60.0,
+    csv: Annotated[Path | None, typer.Option(help="also write every look to this CSV file")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the looks and the summary to this JSON file")
+    ] = None,
+) -> None:
+    """`spotcheck up --demo` for a long run (its own ports and state folder): the memory of each of
+    its processes and the verdicts stored, over time, and whether the memory levels off."""
+    import json
+    import math
+
+    from producers import bench
+
+    names = bench.SOAK_PROCESSES
+    typer.echo(
+        f"spotcheck up --demo at {rate:g} samples/s, {warmup:g}s warm-up, then a look every {every:g}s "
+        f"for {minutes:g} min; MiB (RSS; PostgreSQL: PSS summed over its processes)"
+    )
+    typer.echo("")
+    typer.echo("| min | verdicts | " + " | ".join(names) + " |")
+    typer.echo("|---:|---:|" + "---:|" * len(names))
+
+    def show(s: bench.MemorySample) -> None:
+        figures = " | ".join(f"{s.shown(n) / bench.MIB:.1f}" for n in names)
+        typer.echo(f"| {s.seconds / 60:.1f} | {s.verdicts:,} | {figures} |")
+
+    with tempfile.TemporaryDirectory(prefix="spotcheck-soak-") as folder:
+        samples = asyncio.run(bench.soak(Path(folder) / "state", minutes, every, rate, warmup, show))
+    found = bench.growth(samples)
+    made = samples[-1].verdicts - samples[0].verdicts
+
+    def fmt(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{x:+.2f}"
+
+    typer.echo("")
+    typer.echo(
+        f"{made:,} verdicts in {samples[-1].seconds / 60:.1f} min ({len(samples)} looks); "
+        "growth in MiB per 1,000 verdicts (= KiB per verdict):"
+    )
+    typer.echo("")
+    typer.echo("| process | start (MiB) | end (MiB) | per 1,000 verdicts | last half, per 1,000 verdicts |")
+    typer.echo("|---|---:|---:|---:|---:|")
+    for g in found:
+        typer.echo(
+            f"| {g.name} | {g.start:.1f} | {g.end:.1f} | {fmt(g.per_1000)} | {fmt(g.last_half_per_1000)} |"
+        )
+    if csv is not None:
+        lines = ["seconds,verdicts," + ",".join(f"{n}_rss,{n}_pss" for n in names)]
+        lines += [
+            f"{s.seconds},{s.verdicts}," + ",".join(f"{s.rss[n]},{s.pss[n]}" for n in names) for s in samples
+        ]
+        csv.write_text("\n".join(lines) + "\n")
+    if json_out is not None:
+        body = {
+            "rate": rate,
+            "every": every,
+            "warmup": warmup,
+            "samples": [vars(s) for s in samples],
+            "growth": [vars(g) for g in found],
+        }
+        json_out.write_text(json.dumps(body, indent=2) + "\n")
