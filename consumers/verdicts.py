@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from spotcheck.events import (
     describe_validation_error,
 )
 from spotcheck.labs import Lab, result_refusal
+from spotcheck.sample_cache import SampleCache
 from spotcheck.samples import Rejected, SampleState
 from spotcheck.settings import Settings
 from spotcheck.specs import load_catalog
@@ -57,7 +57,9 @@ class VerdictProcessor(BatchConsumer):
     """Consumes tasks and lab results (co-partitioned by task_id) in one group.
 
     Per-sample state is cached in memory and rebuilt from PostgreSQL on a miss, so a restart or a
-    rebalance loses nothing. Per batch: decode, apply, judge, publish, store, then commit.
+    rebalance loses nothing; a sample whose verdict is out leaves the cache after its batch, and
+    open ones beyond `sample_cache_size` too (spotcheck.sample_cache), so memory is bounded.
+    Per batch: decode, apply, judge, publish, store, then commit.
     """
 
     def __init__(
@@ -74,7 +76,7 @@ class VerdictProcessor(BatchConsumer):
         self.producer = producer
         self.now = now
         self.zone = ZoneInfo(settings.timezone)
-        self.cache: OrderedDict[str, SampleState] = OrderedDict()
+        self.cache = SampleCache(settings.sample_cache_size)
         self._swept_at = 0.0
         self._lab_store = LabStore(store)
         self.labs: dict[str, Lab] = {}
@@ -144,6 +146,7 @@ class VerdictProcessor(BatchConsumer):
                 continue
             if verdict is not None:
                 out.verdicts.append(verdict)
+        self.cache.settle(wanted)  # closed samples go (rebuilt from the store if named again)
         return out
 
     def _decode(self, record: ConsumerRecord[bytes, bytes], out: _Outcome) -> SamplingTask | LabResult | None:
@@ -242,10 +245,7 @@ class VerdictProcessor(BatchConsumer):
             self._labs_at = time.monotonic()
 
     def _remember(self, state: SampleState) -> None:
-        self.cache[state.task.task_id] = state
-        self.cache.move_to_end(state.task.task_id)
-        while len(self.cache) > self.settings.sample_cache_size:
-            self.cache.popitem(last=False)
+        self.cache.remember(state)  # held at least until the batch is settled
 
     async def _emit(self, out: _Outcome) -> None:
         # Verdicts and dead letters go to the outbox in the transaction that stores the batch: the

@@ -45,7 +45,11 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=2_000, ge=1)
     batch_timeout_ms: int = Field(default=200, ge=1)
     result_grace_seconds: float = Field(default=300.0, ge=0)
-    sample_cache_size: int = Field(default=50_000, ge=100)
+    sample_cache_size: int = Field(
+        default=10_000,
+        ge=100,
+        description="open samples (no verdict yet for their results) kept in memory; judged ones are not",
+    )
 
     # The outbox relay: messages the platform owes the broker, published from PostgreSQL.
     outbox_batch: int = Field(default=1000, ge=1, description="rows the relay publishes at once")

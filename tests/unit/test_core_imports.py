@@ -14,6 +14,7 @@ CORE = (
     "spotcheck.topics",
     "spotcheck.settings",
     "spotcheck.samples",
+    "spotcheck.sample_cache",
     "spotcheck.tasks",
     "spotcheck.labs",
     "spotcheck.centers",
