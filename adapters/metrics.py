@@ -27,6 +27,9 @@ BATCH_SECONDS = Histogram(
     ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SAMPLES_CACHED = Gauge(
+    "spotcheck_samples_cached", "Open samples the verdict processor holds (at most sample_cache_size)"
+)
 OUTBOX_UNPUBLISHED = Gauge("spotcheck_outbox_unpublished", "Outbox rows waiting for the relay")
 OUTBOX_FORGOTTEN = Counter(
     "spotcheck_outbox_republished_total", "Outbox rows published again after the broker lost them"

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from adapters.labs import LabStore
-from adapters.metrics import DEAD_LETTERS, VERDICT_LATENCY
+from adapters.metrics import DEAD_LETTERS, SAMPLES_CACHED, VERDICT_LATENCY
 from adapters.store import Store
 from consumers.base import Batch, BatchConsumer
 from spotcheck.errors import SpotcheckError
@@ -147,6 +147,7 @@ class VerdictProcessor(BatchConsumer):
             if verdict is not None:
                 out.verdicts.append(verdict)
         self.cache.settle(wanted)  # closed samples go (rebuilt from the store if named again)
+        SAMPLES_CACHED.set(len(self.cache))
         return out
 
     def _decode(self, record: ConsumerRecord[bytes, bytes], out: _Outcome) -> SamplingTask | LabResult | None:
